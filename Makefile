@@ -1,0 +1,54 @@
+# Sentinela: every target installs what it needs itself (a fresh machine needs only python3.11).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODEL  := models/dist/birdnet_v24.onnx
+AUDIO  ?= ../shared/audio/dev
+
+.DEFAULT_GOAL := help
+.PHONY: help install test unit integration lint validate demo model bench eval train clean
+
+help: ## list every target
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements/constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) ## create .venv and install sentinela with its pinned dependencies
+
+test: $(STAMP) ## lint, type-check, validate template.yaml, run every test
+	$(BIN)/ruff check layers functions tests models/build
+	$(BIN)/mypy
+	$(BIN)/python -m sentinela.devtools.validate_template template.yaml
+	$(BIN)/python -m pytest -q
+
+unit: $(STAMP) ## run the unit tests only
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: $(STAMP) ## run the integration tests (local stack) only
+	$(BIN)/python -m pytest -q tests/integration
+
+lint: $(STAMP) ## ruff + mypy
+	$(BIN)/ruff check layers functions tests models/build
+	$(BIN)/mypy
+
+validate: $(STAMP) ## cfn-lint + SAM transform + cfn-lint on the transformed template
+	$(BIN)/python -m sentinela.devtools.validate_template template.yaml
+
+model: ## build and verify the BirdNET V2.4 ONNX model (cached; seconds when present)
+	$(PYTHON) models/build/build_model.py
+
+demo: $(STAMP) ## run the whole flow on the embedded local stack with the real model
+	@test -f $(MODEL) || $(MAKE) model
+	$(BIN)/sentinela demo --audio $(AUDIO)
+
+bench: $(STAMP) ## speed and memory benchmark (prints figures; --json in BENCH_JSON)
+	@test -f $(MODEL) || $(MAKE) model
+	$(BIN)/sentinela bench $(if $(BENCH_JSON),--json $(BENCH_JSON))
+
+clean: ## remove the virtualenv and caches (keeps the built model)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

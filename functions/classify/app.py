@@ -1,0 +1,49 @@
+"""classify: an S3 ObjectCreated event -> the clip record, its detections and alert items."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from sentinela import runtime
+
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer()
+# The same object version delivered twice (S3 is at-least-once) is processed once.
+idempotency = IdempotencyConfig(
+    event_key_jmespath="[s3.bucket.name, s3.object.key, s3.object.versionId, s3.object.sequencer]",
+    expires_after_seconds=7 * 24 * 3600,
+)
+persistence = DynamoDBPersistenceLayer(table_name=os.environ.get("IDEMPOTENCY_TABLE", "idempotency"))
+
+
+@idempotent_function(data_keyword_argument="record", persistence_store=persistence, config=idempotency)
+def process(record: dict[str, Any]) -> dict[str, Any]:
+    obj = record["s3"]["object"]
+    logger.append_keys(clip_key=obj["key"])
+    out = runtime.classify_service(metrics).handle(
+        record["s3"]["bucket"]["name"], obj["key"], obj.get("versionId"), obj.get("size")
+    )
+    logger.info("clip handled", extra={"clip_id": out.clip_id, "status": out.status, "reason": out.reason,
+                                       "alerts": out.alerts, "detections": out.detections})
+    return {"clip_id": out.clip_id, "status": out.status, "reason": out.reason, "alerts": out.alerts}
+
+
+@logger.inject_lambda_context(correlation_id_path="Records[0].s3.object.key")
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@event_source(data_class=S3Event)
+def handler(event: S3Event, context: LambdaContext) -> dict[str, Any]:
+    idempotency.register_lambda_context(context)
+    results = [process(record=rec.raw_event) for rec in event.records]
+    return {"results": results}

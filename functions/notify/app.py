@@ -1,0 +1,36 @@
+"""notify: DynamoDB stream records carrying ``alert = true`` -> on-call rangers -> SMS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from sentinela import runtime
+from sentinela.store import from_ddb
+
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer()
+processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+
+
+@tracer.capture_method
+def record_handler(record: DynamoDBRecord) -> dict[str, Any]:
+    alert = from_ddb(record.dynamodb.new_image if record.dynamodb else {})
+    logger.append_keys(clip_id=alert.get("clip_id"), threat=alert.get("threat"))
+    res = runtime.notify_service(metrics).handle_alert(alert)
+    logger.info("alert handled", extra={"sent": len(res.sent), "skipped": len(res.skipped),
+                                        "failed": len(res.failed)})
+    return {"sent": res.sent, "skipped": res.skipped}
+
+
+@logger.inject_lambda_context(correlation_id_path="Records[0].dynamodb.NewImage.clip_id.S")
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor,
+                                    context=context)

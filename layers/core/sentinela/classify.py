@@ -1,0 +1,39 @@
+"""Classify one clip: decode -> windows -> ONNX -> detections -> alert decisions. No cloud here."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .audio import AudioInfo, Source, windows
+from .detect import ClipResult, Detector
+from .model import Model
+
+
+@dataclass(frozen=True)
+class ClipOutcome:
+    info: AudioInfo
+    result: ClipResult
+    flags: list[str]
+    peak: float
+    rms: float
+    processing_s: float
+
+
+def classify_source(
+    src: Source, model: Model, *, max_seconds: float | None = None, batch_size: int = 8
+) -> ClipOutcome:
+    """Raises :class:`sentinela.audio.AudioError` with a specific reason for audio it cannot use."""
+    t0 = time.perf_counter()
+    card = model.card
+    wins = windows(src, sample_rate=card.sample_rate, window=card.window_samples, hop=card.hop_samples,
+                   max_seconds=max_seconds)
+    det = Detector(card, model.threat_names)
+    for batch in model.run(wins, batch_size=batch_size):
+        det.add(batch)
+    result = det.finish(wins.info.duration_s)
+    stats = wins.stats
+    flags = stats.flags()
+    if wins.info.channels > 1:
+        flags.append(f"mixed_{wins.info.channels}ch")
+    return ClipOutcome(wins.info, result, flags, stats.peak, stats.rms, time.perf_counter() - t0)

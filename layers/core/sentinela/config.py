@@ -1,0 +1,48 @@
+"""Settings from the environment (template.yaml sets them on AWS; the local stack sets them locally)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# models/card.json beside the repository's layers/ when run from a checkout; /opt/card.json in Lambda.
+_REPO_CARD = Path(__file__).resolve().parents[3] / "models" / "card.json"
+
+
+def default_card_path() -> Path:
+    env = os.environ.get("MODEL_CARD")
+    if env:
+        return Path(env)
+    return _REPO_CARD if _REPO_CARD.exists() else Path("/opt/card.json")
+
+
+@dataclass(frozen=True)
+class Settings:
+    table_name: str
+    bucket: str | None
+    idempotency_table: str | None
+    max_clip_bytes: int
+    max_clip_seconds: float
+    alert_threshold_override: float | None
+    twilio_secret: str | None
+    sms_from: str | None
+    twilio_api_base: str | None
+    batch_size: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        override = float(env.get("ALERT_THRESHOLD", "0") or 0)
+        return cls(
+            table_name=env.get("TABLE_NAME", "sentinela-data"),
+            bucket=env.get("CLIPS_BUCKET"),
+            idempotency_table=env.get("IDEMPOTENCY_TABLE"),
+            max_clip_bytes=int(env.get("MAX_CLIP_BYTES", str(200 * 1024 * 1024))),
+            max_clip_seconds=float(env.get("MAX_CLIP_SECONDS", "7200")),
+            alert_threshold_override=override if override > 0 else None,
+            twilio_secret=env.get("TWILIO_SECRET_ARN"),
+            sms_from=env.get("SMS_FROM_NUMBER"),
+            twilio_api_base=env.get("TWILIO_API_BASE"),
+            batch_size=int(env.get("SENTINELA_BATCH", "8")),
+        )

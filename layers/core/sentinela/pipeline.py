@@ -1,0 +1,138 @@
+"""One S3 object through classify: key check, size check, decode, model, DynamoDB, object tags.
+
+Every way a clip can fail ends as a clip record with a status and a reason, and a tag on the object,
+which stays in the bucket. Transient cloud errors raise, so that the platform retries and, past the
+retry limit, dead-letters the event.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from botocore.exceptions import ClientError
+
+from .audio import AudioError
+from .classify import classify_source
+from .keys import BadKey, decode_event_key, parse_key
+from .model import Model
+from .store import ClipRef, Store, clip_id_for, now_iso
+
+_TAG_SAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
+
+
+class MetricSink(Protocol):
+    def add_metric(self, name: str, unit: Any, value: float) -> None: ...
+
+
+class NullMetrics:
+    def add_metric(self, name: str, unit: Any, value: float) -> None:
+        return None
+
+
+@dataclass
+class Outcome:
+    clip_id: str
+    status: str  # processed | rejected | missing
+    reason: str | None = None
+    alerts: list[str] = field(default_factory=list)
+    detections: int = 0
+    duration_s: float = 0.0
+
+
+class ClassifyService:
+    def __init__(self, store: Store, s3: Any, model: Model, *, max_bytes: int, max_seconds: float,
+                 batch_size: int = 8, metrics: MetricSink | None = None) -> None:
+        self.store, self.s3, self.model = store, s3, model
+        self.max_bytes, self.max_seconds, self.batch_size = max_bytes, max_seconds, batch_size
+        self.metrics: MetricSink = metrics or NullMetrics()
+
+    def handle(self, bucket: str, raw_key: str, version_id: str | None, size: int | None) -> Outcome:
+        key = decode_event_key(raw_key)
+        clip_id = clip_id_for(key, version_id)
+        self.metrics.add_metric("ClipsReceived", "Count", 1)
+        try:
+            ck = parse_key(key)
+        except BadKey as exc:
+            ref = ClipRef(bucket, key, version_id, clip_id)
+            return self._reject(ref, f"bad key: {exc}")
+        ref = ClipRef(bucket, key, version_id, clip_id, ck.site_id, ck.device_id, ck.recorded_iso)
+        if size is not None and size > self.max_bytes:
+            return self._reject(ref, f"object is {size / 1e6:.1f} MB, over the {self.max_bytes / 1e6:.0f} MB cap")
+        self.store.mark_processing(ref, now_iso())
+        t0 = time.perf_counter()
+        with tempfile.NamedTemporaryFile(prefix="clip-", suffix="." + ck.ext) as tmp:
+            try:
+                extra = {"VersionId": version_id} if version_id and version_id != "null" else {}
+                self.s3.download_fileobj(bucket, key, tmp, ExtraArgs=extra or None)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code in ("404", "NoSuchKey", "NoSuchVersion"):
+                    self.store.mark_rejected(ref, "object was deleted before it could be processed",
+                                             {"status": "missing"})
+                    return Outcome(clip_id, "missing", "object deleted")
+                raise
+            tmp.flush()
+            try:
+                out = classify_source(tmp.name, self.model, max_seconds=self.max_seconds,
+                                      batch_size=self.batch_size)
+            except AudioError as exc:
+                return self._reject(ref, exc.reason)
+        card = self.model.card
+        n = self.store.write_detections(clip_id, out.result.detections, card.id)
+        alerts = []
+        for decision in out.result.alerts:
+            self.store.put_alert(ref, decision, card.id, out.info.duration_s)
+            alerts.append(decision.threat)
+            self.metrics.add_metric(f"Alerts_{decision.threat}", "Count", 1)
+        notes = list(out.flags)
+        if out.info.ext != ck.ext:
+            notes.append(f"content_is_{out.info.ext}")
+        self.store.mark_processed(ref, {
+            "duration_s": out.info.duration_s, "sample_rate": out.info.sample_rate,
+            "channels": out.info.channels, "format": out.info.format, "subtype": out.info.subtype,
+            "model_id": card.id, "windows": out.result.windows, "detections": n,
+            "threat_detections": sum(1 for d in out.result.detections if d.threat),
+            "max_scores": out.result.max_scores, "alerts": alerts, "flags": notes,
+            "decisions": [{"threat": d.threat, "alert": d.alert, "confidence": d.confidence,
+                           "alerting_windows": d.alerting_windows, "threshold": d.threshold,
+                           "reason": d.reason} for d in out.result.decisions],
+            "peak": out.peak, "rms": out.rms, "processing_ms": round((time.perf_counter() - t0) * 1000),
+        })
+        self._tag(ref, "processed", None, voice="human_voice" in alerts)
+        self.metrics.add_metric("ClipsProcessed", "Count", 1)
+        self.metrics.add_metric("AudioSeconds", "Seconds", out.info.duration_s)
+        self.metrics.add_metric("ProcessingLatency", "Milliseconds", (time.perf_counter() - t0) * 1000)
+        for d in out.result.detections:
+            if d.threat:
+                self.metrics.add_metric(f"Detections_{d.label}", "Count", 1)
+        return Outcome(clip_id, "processed", None, alerts, n, out.info.duration_s)
+
+    def _reject(self, ref: ClipRef, reason: str) -> Outcome:
+        self.store.mark_rejected(ref, reason)
+        self._tag(ref, "rejected", reason)
+        self.metrics.add_metric("ClipsRejected", "Count", 1)
+        return Outcome(ref.clip_id, "rejected", reason)
+
+    def _tag(self, ref: ClipRef, status: str, reason: str | None, voice: bool = False) -> None:
+        """Tags let ops find a clip's fate from the bucket itself; a failed tag never fails the clip."""
+        tags = [{"Key": "sentinela-status", "Value": status}]
+        if reason:
+            tags.append({"Key": "sentinela-reason", "Value": _TAG_SAFE.sub("_", reason)[:256]})
+        if voice:
+            tags.append({"Key": "sentinela-retention", "Value": "voice"})
+        kw: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key, "Tagging": {"TagSet": tags}}
+        if ref.version_id and ref.version_id != "null":
+            kw["VersionId"] = ref.version_id
+        try:
+            self.s3.put_object_tagging(**kw)
+        except ClientError:
+            self.metrics.add_metric("TaggingFailed", "Count", 1)
+
+
+def tmp_dir() -> str:
+    return os.environ.get("TMPDIR", "/tmp")

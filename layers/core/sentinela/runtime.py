@@ -1,0 +1,71 @@
+"""Builds the services a handler needs from the environment, once per process (Lambda container).
+
+Handlers call these; so does the local stack, through the very same handlers.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import boto3
+
+from .card import load_card, with_alert_override
+from .config import Settings, default_card_path
+from .model import Model
+from .notify import NotifyService
+from .pipeline import ClassifyService, MetricSink
+from .sms import SmsGateway
+from .store import Store
+
+
+@functools.cache
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@functools.cache
+def model() -> Model:
+    """Loaded once per container: session creation is the bulk of a cold start."""
+    card = with_alert_override(load_card(default_card_path()), settings().alert_threshold_override)
+    return Model(card)
+
+
+@functools.cache
+def store() -> Store:
+    return Store(settings().table_name)
+
+
+@functools.cache
+def s3() -> Any:
+    return boto3.client("s3")
+
+
+def classify_service(metrics: MetricSink | None = None) -> ClassifyService:
+    s = settings()
+    return ClassifyService(store(), s3(), model(), max_bytes=s.max_clip_bytes, max_seconds=s.max_clip_seconds,
+                           batch_size=s.batch_size, metrics=metrics)
+
+
+@functools.cache
+def _gateway() -> SmsGateway:
+    from aws_lambda_powertools.utilities import parameters
+
+    s = settings()
+    if not s.twilio_secret:
+        raise RuntimeError("TWILIO_SECRET_ARN is not set")
+    secret: Any = parameters.get_secret(s.twilio_secret, transform="json", max_age=300)
+    from_number = s.sms_from or secret.get("from_number")
+    if not from_number:
+        raise RuntimeError("no sender number: set SMS_FROM_NUMBER or from_number in the Twilio secret")
+    return SmsGateway(secret["account_sid"], secret["auth_token"], from_number, api_base=s.twilio_api_base)
+
+
+def notify_service(metrics: MetricSink | None = None) -> NotifyService:
+    return NotifyService(store(), _gateway, metrics=metrics)
+
+
+def reset() -> None:
+    """Forget cached clients and settings (the local stack calls this when it restarts)."""
+    for f in (settings, model, store, s3, _gateway):
+        f.cache_clear()

@@ -1,0 +1,107 @@
+"""Everything that talks to Twilio, and the text of every message.
+
+The real ``twilio`` client is used everywhere; locally its HTTP client is pointed at the embedded
+Twilio-compatible stub (``TWILIO_API_BASE``), so nothing in the send path is re-implemented.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+# Twilio codes that will fail the same way every time: do not retry, tell ops, move on.
+PERMANENT_CODES = {21211, 21214, 21408, 21610, 21612, 21614}
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+# GSM 03.38 basic set + the extension table (each extension char costs two septets).
+GSM7_BASIC = set(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXT = set("^{}\\[~]|€\f")
+
+
+def mask_phone(number: str) -> str:
+    """Enough to tell two rangers apart in a log line, not enough to call them."""
+    if len(number) <= 6:
+        return "***"
+    return number[:4] + "*" * (len(number) - 7) + number[-3:]
+
+
+def valid_e164(number: str) -> bool:
+    return bool(E164.match(number))
+
+
+@dataclass(frozen=True)
+class Segments:
+    encoding: str  # "GSM-7" | "UCS-2"
+    units: int  # septets or UTF-16 code units
+    segments: int
+
+
+def segments(text: str) -> Segments:
+    if all(c in GSM7_BASIC or c in GSM7_EXT for c in text):
+        units = sum(2 if c in GSM7_EXT else 1 for c in text)
+        return Segments("GSM-7", units, 1 if units <= 160 else -(-units // 153))
+    units = len(text.encode("utf-16-le")) // 2
+    return Segments("UCS-2", units, 1 if units <= 70 else -(-units // 67))
+
+
+class SmsError(Exception):
+    def __init__(self, message: str, code: int | None, status: int | None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+    @property
+    def permanent(self) -> bool:
+        return self.code in PERMANENT_CODES
+
+    @property
+    def retryable(self) -> bool:
+        return not self.permanent
+
+
+@dataclass(frozen=True)
+class Sent:
+    sid: str
+    status: str
+
+
+class _LocalHttpClient(TwilioHttpClient):
+    """The real Twilio HTTP client, with the API host swapped for a base URL (the local stub)."""
+
+    def __init__(self, base_url: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.base_url = base_url.rstrip("/")
+
+    def request(self, method: str, url: str, *args: Any, **kw: Any) -> Any:
+        parts = urllib.parse.urlsplit(url)
+        target = self.base_url + parts.path + (f"?{parts.query}" if parts.query else "")
+        return super().request(method, target, *args, **kw)
+
+
+class SmsGateway:
+    def __init__(self, account_sid: str, auth_token: str, from_number: str,
+                 api_base: str | None = None, timeout: float = 10.0) -> None:
+        http = _LocalHttpClient(api_base, timeout=timeout) if api_base else TwilioHttpClient(timeout=timeout)
+        self.client = Client(account_sid, auth_token, http_client=http)
+        self.from_number = from_number
+
+    def send(self, to: str, body: str, status_callback: str | None = None) -> Sent:
+        kw: dict[str, Any] = {"to": to, "from_": self.from_number, "body": body}
+        if status_callback:
+            kw["status_callback"] = status_callback
+        try:
+            msg = self.client.messages.create(**kw)
+        except TwilioRestException as exc:
+            raise SmsError(f"Twilio {exc.status} code {exc.code}: {exc.msg}", exc.code, exc.status) from exc
+        except Exception as exc:  # connection errors, timeouts: the send may be retried
+            raise SmsError(f"Twilio unreachable: {type(exc).__name__}: {exc}", None, None) from exc
+        return Sent(sid=str(msg.sid), status=str(msg.status))

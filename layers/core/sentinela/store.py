@@ -1,0 +1,236 @@
+"""All DynamoDB access, in one place. One table (pk/sk + gsi1) holds clips, detections, alerts,
+sites, rangers and sent messages; the item shapes are documented in README ("Data model")."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import boto3
+from boto3.dynamodb.conditions import Key
+from botocore.exceptions import ClientError
+
+from .detect import AlertDecision, ClipResult, Detection
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def to_ddb(value: Any) -> Any:
+    """DynamoDB wants Decimal, not float; round so that stored figures stay readable."""
+    if isinstance(value, float):
+        return Decimal(str(round(value, 4)))
+    if isinstance(value, Mapping):
+        return {k: to_ddb(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [to_ddb(v) for v in value]
+    return value
+
+
+def from_ddb(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, Mapping):
+        return {k: from_ddb(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_ddb(v) for v in value]
+    return value
+
+
+def clip_id_for(key: str, version_id: str | None) -> str:
+    """A new object version is a new clip; the same version delivered twice is the same clip."""
+    base = key[len("clips/"):] if key.startswith("clips/") else "badkey/" + hashlib.sha1(key.encode()).hexdigest()[:16]
+    base = base.rsplit(".", 1)[0] if key.startswith("clips/") else base
+    return f"{base}@{version_id}" if version_id and version_id != "null" else base
+
+
+@dataclass(frozen=True)
+class ClipRef:
+    bucket: str
+    key: str
+    version_id: str | None
+    clip_id: str
+    site_id: str | None = None
+    device_id: str | None = None
+    recorded_at: str | None = None
+
+
+class Store:
+    def __init__(self, table_name: str, resource: Any | None = None) -> None:
+        self.table = (resource or boto3.resource("dynamodb")).Table(table_name)
+
+    # --- clips --------------------------------------------------------------------------------
+    def _clip_base(self, ref: ClipRef) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "pk": f"CLIP#{ref.clip_id}", "sk": "CLIP", "type": "clip", "clip_id": ref.clip_id,
+            "bucket": ref.bucket, "key": ref.key, "version_id": ref.version_id,
+            "site_id": ref.site_id, "device_id": ref.device_id, "recorded_at": ref.recorded_at,
+        }
+        if ref.site_id:
+            item["gsi1pk"] = f"SITE#{ref.site_id}"
+            item["gsi1sk"] = f"CLIP#{ref.recorded_at}#{ref.device_id}#{ref.clip_id}"
+        else:
+            item["gsi1pk"] = "REJECTED"
+            item["gsi1sk"] = f"CLIP#{now_iso()}#{ref.clip_id}"
+        return item
+
+    def get_clip(self, clip_id: str) -> dict[str, Any] | None:
+        got = self.table.get_item(Key={"pk": f"CLIP#{clip_id}", "sk": "CLIP"}, ConsistentRead=True)
+        item = got.get("Item")
+        return from_ddb(item) if item else None
+
+    def mark_processing(self, ref: ClipRef, received_at: str) -> None:
+        item = self._clip_base(ref) | {"status": "processing", "received_at": received_at, "updated_at": now_iso()}
+        self.table.put_item(Item=to_ddb(item))
+
+    def mark_rejected(self, ref: ClipRef, reason: str, extra: Mapping[str, Any] | None = None) -> None:
+        item = self._clip_base(ref) | {"status": "rejected", "reason": reason, "updated_at": now_iso()}
+        self.table.put_item(Item=to_ddb(item | dict(extra or {})))
+
+    def mark_processed(self, ref: ClipRef, summary: Mapping[str, Any]) -> None:
+        item = self._clip_base(ref) | {"status": "processed", "updated_at": now_iso()} | dict(summary)
+        self.table.put_item(Item=to_ddb(item))
+
+    def write_detections(self, clip_id: str, dets: Iterable[Detection], model_id: str) -> int:
+        """Deterministic keys: a retried classify overwrites, it never duplicates."""
+        n = 0
+        with self.table.batch_writer(overwrite_by_pkeys=["pk", "sk"]) as bw:
+            for d in dets:
+                bw.put_item(Item=to_ddb({
+                    "pk": f"CLIP#{clip_id}", "sk": f"DET#{round(d.start_s * 1000):09d}#{d.label}",
+                    "type": "detection", "clip_id": clip_id, "label": d.label, "kind": d.kind,
+                    "confidence": d.confidence, "start_s": d.start_s, "end_s": d.end_s,
+                    "windows": d.windows, "alerting_windows": d.alerting_windows, "alerting": d.alert,
+                    "model_id": model_id,
+                }))
+                n += 1
+        return n
+
+    def detections(self, clip_id: str) -> list[dict[str, Any]]:
+        return self._query_pk(f"CLIP#{clip_id}", "DET#")
+
+    def put_alert(self, ref: ClipRef, decision: AlertDecision, model_id: str, duration_s: float) -> bool:
+        """One alert item per clip and threat class; it alone carries ``alert = true`` (the stream filter).
+        Conditional, so a redelivered clip never inserts it twice. Returns False when it existed."""
+        item = {
+            "pk": f"CLIP#{ref.clip_id}", "sk": f"ALERT#{decision.threat}", "type": "alert", "alert": True,
+            "clip_id": ref.clip_id, "threat": decision.threat, "confidence": decision.confidence,
+            "alerting_windows": decision.alerting_windows, "threshold": decision.threshold,
+            "first_s": decision.first_s, "reason": decision.reason, "site_id": ref.site_id,
+            "device_id": ref.device_id, "recorded_at": ref.recorded_at, "bucket": ref.bucket,
+            "key": ref.key, "version_id": ref.version_id, "model_id": model_id, "duration_s": duration_s,
+            "created_at": now_iso(), "gsi1pk": f"SITE#{ref.site_id}", "gsi1sk": f"ALERT#{ref.recorded_at}",
+        }
+        try:
+            self.table.put_item(Item=to_ddb(item), ConditionExpression="attribute_not_exists(pk)")
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+
+    def alerts(self, clip_id: str) -> list[dict[str, Any]]:
+        return self._query_pk(f"CLIP#{clip_id}", "ALERT#")
+
+    # --- sites and rangers --------------------------------------------------------------------
+    def put_site(self, site: Mapping[str, Any]) -> None:
+        sid = site["site_id"]
+        self.table.put_item(Item=to_ddb(dict(site) | {"pk": f"SITE#{sid}", "sk": "SITE", "type": "site",
+                                                       "gsi1pk": "SITES", "gsi1sk": sid}))
+
+    def get_site(self, site_id: str) -> dict[str, Any] | None:
+        item = self.table.get_item(Key={"pk": f"SITE#{site_id}", "sk": "SITE"}).get("Item")
+        return from_ddb(item) if item else None
+
+    def list_sites(self) -> list[dict[str, Any]]:
+        return self._query_index("SITES")
+
+    def put_ranger(self, site_id: str, ranger: Mapping[str, Any]) -> None:
+        rid = ranger["ranger_id"]
+        self.table.put_item(Item=to_ddb(dict(ranger) | {
+            "pk": f"SITE#{site_id}", "sk": f"RANGER#{rid}", "type": "ranger", "site_id": site_id,
+        }))
+
+    def rangers(self, site_id: str) -> list[dict[str, Any]]:
+        return sorted(self._query_pk(f"SITE#{site_id}", "RANGER#"), key=lambda r: (r.get("order", 99), r["ranger_id"]))
+
+    # --- messages -----------------------------------------------------------------------------
+    def claim_send(self, pk: str, ranger_id: str, step: str, record: Mapping[str, Any]) -> bool:
+        """Claim the right to text ``ranger_id`` for (alert|incident ``pk``, ``step``). False when a send
+        was already recorded as ``sent`` (or failed permanently): the caller must not text again."""
+        key = {"pk": pk, "sk": f"SMS#{step}#{ranger_id}"}
+        try:
+            self.table.put_item(
+                Item=to_ddb(dict(record) | key | {"type": "sms", "status": "sending", "attempts": 1,
+                                                   "created_at": now_iso()}),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+        existing = from_ddb(self.table.get_item(Key=key, ConsistentRead=True)["Item"])
+        if existing.get("status") in ("sent", "failed_permanent"):
+            return False
+        self.table.update_item(Key=key, UpdateExpression="ADD attempts :one", ExpressionAttributeValues={":one": 1})
+        return True
+
+    def record_send(self, pk: str, ranger_id: str, step: str, fields: Mapping[str, Any]) -> None:
+        names = {f"#{k}": k for k in fields}
+        values = {f":{k}": to_ddb(v) for k, v in fields.items()}
+        self.table.update_item(
+            Key={"pk": pk, "sk": f"SMS#{step}#{ranger_id}"},
+            UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in fields) + ", updated_at = :u",
+            ExpressionAttributeNames=names, ExpressionAttributeValues=values | {":u": now_iso()},
+        )
+
+    def sends(self, pk: str) -> list[dict[str, Any]]:
+        return self._query_pk(pk, "SMS#")
+
+    # --- scans for the local stack and the CLI ------------------------------------------------
+    def clips_for_site(self, site_id: str, since: str = "") -> list[dict[str, Any]]:
+        return self._query_index(f"SITE#{site_id}", f"CLIP#{since}")
+
+    def _query_pk(self, pk: str, prefix: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        kw: dict[str, Any] = {"KeyConditionExpression": Key("pk").eq(pk) & Key("sk").begins_with(prefix),
+                              "ConsistentRead": True}
+        while True:
+            page = self.table.query(**kw)
+            out.extend(from_ddb(i) for i in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return out
+            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _query_index(self, pk: str, prefix: str = "") -> list[dict[str, Any]]:
+        cond = Key("gsi1pk").eq(pk)
+        if prefix:
+            cond = cond & Key("gsi1sk").begins_with(prefix)
+        out: list[dict[str, Any]] = []
+        kw: dict[str, Any] = {"IndexName": "gsi1", "KeyConditionExpression": cond}
+        while True:
+            page = self.table.query(**kw)
+            out.extend(from_ddb(i) for i in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return out
+            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def scan_all(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        kw: dict[str, Any] = {}
+        while True:
+            page = self.table.scan(**kw)
+            out.extend(from_ddb(i) for i in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return out
+            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def epoch() -> int:
+    return int(time.time())
