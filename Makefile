@@ -15,7 +15,7 @@ help: ## list every target
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,train]'
 	@touch $@
 
 install: $(STAMP) ## create .venv and install sentinela with its pinned dependencies
@@ -52,3 +52,11 @@ bench: $(STAMP) ## speed and memory benchmark (prints figures; --json in BENCH_J
 
 clean: ## remove the virtualenv and caches (keeps the built model)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+train: $(STAMP) ## train the threat head on labelled folders (AUDIO=DIR, default ../shared/audio/dev)
+	@test -f $(MODEL) || $(MAKE) model
+	$(BIN)/sentinela train $(AUDIO)
+
+eval: $(STAMP) ## evaluate the configured model on labelled folders (AUDIO=DIR); JSON in EVAL_JSON
+	@test -f $(MODEL) || $(MAKE) model
+	$(BIN)/sentinela eval $(AUDIO) $(if $(EVAL_JSON),--json $(EVAL_JSON))

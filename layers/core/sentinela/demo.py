@@ -1,0 +1,106 @@
+"""`sentinela demo`: the whole flow on the embedded local stack, with the real handlers and model."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .keys import AUDIO_EXTENSIONS
+from .local.stack import REPO, LocalStack
+from .roster import import_roster, load_roster
+from .store import Store
+
+SITE = "nahuelbuta-norte"
+DEVICES = ("rec-01", "rec-02", "rec-03", "rec-04")
+
+
+def find_audio(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in AUDIO_EXTENSIONS)
+
+
+def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None,
+             roster: Path | None = None, out: Any = print) -> dict[str, Any]:
+    files = find_audio(audio) if audio and audio.is_dir() else []
+    if not files:
+        where = audio or "(none given)"
+        out(f"No recordings found under {where}.\n"
+            "Point the demo at a folder of .wav/.flac/.ogg/.mp3 files: `sentinela demo --audio DIR`\n"
+            "(or `make demo AUDIO=DIR`). Labelled folders like ../shared/audio/dev work as they are.")
+        return {"clips_uploaded": 0, "clips_processed": 0, "clips_rejected": 0, "detections": {},
+                "alerts": [], "sms": []}
+    t0 = time.perf_counter()
+    stack = LocalStack(card=card).start()
+    try:
+        store = Store(stack.names["DataTable"], None)
+        n_sites, n_rangers = import_roster(store, load_roster(roster or REPO / "config" / "demo-roster.yaml"))
+        out(f"local stack up on {stack.endpoint} (moto), Twilio stub on {stack.twilio.url}; "
+            f"{n_sites} site, {n_rangers} on-call rangers")
+        stack.start_background()
+        base = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=len(files) // 60 + 1)
+        keys: dict[str, Path] = {}
+        for i, f in enumerate(files):
+            key, _ = stack.upload(f, SITE, DEVICES[i % len(DEVICES)], base + dt.timedelta(seconds=60 * i),
+                                  ext=f.suffix.lower().lstrip("."))
+            keys[key] = f
+        out(f"uploaded {len(files)} clips from {audio}; classifying ...")
+        _wait(stack)
+        stack.stop_background()
+        stack.run_until_idle()
+        return _summarise(stack, store, keys, audio, time.perf_counter() - t0, json_out, out)
+    finally:
+        stack.stop()
+
+
+def _wait(stack: LocalStack, timeout_s: float = 3600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while stack.pending() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def _summarise(stack: LocalStack, store: Store, keys: dict[str, Path], audio: Path | None, wall: float,
+               json_out: Path | None, out: Any) -> dict[str, Any]:
+    items = store.scan_all()
+    clips = [i for i in items if i.get("type") == "clip"]
+    dets = [i for i in items if i.get("type") == "detection"]
+    alerts = [i for i in items if i.get("type") == "alert"]
+    by_status = collections.Counter(c["status"] for c in clips)
+    threat_dets = collections.Counter(d["label"] for d in dets if d["kind"] == "threat")
+    species = collections.Counter(d["label"].split("_")[-1] for d in dets if d["kind"] == "species")
+    rel = {k: str(p.relative_to(audio)) if audio else p.name for k, p in keys.items()}
+    out("")
+    out(f"clips: {len(keys)} uploaded, {by_status.get('processed', 0)} processed, "
+        f"{by_status.get('rejected', 0)} rejected  ({wall:.1f} s wall)")
+    for c in sorted((c for c in clips if c["status"] != "processed"), key=lambda c: c["key"]):
+        out(f"  {c['status']}: {rel.get(c['key'], c['key'])}: {c.get('reason')}")
+    audio_h = sum(c.get("duration_s", 0) for c in clips) / 3600
+    out(f"audio: {audio_h:.2f} h; threat detections by class: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(threat_dets.items())) or "none"))
+    if species:
+        out("biodiversity log, top species: " + ", ".join(f"{k} {v}" for k, v in species.most_common(5)))
+    out(f"alerts: {len(alerts)}")
+    for a in sorted(alerts, key=lambda a: a["key"]):
+        out(f"  {a['threat']:<12} {a['confidence']:.2f}  {rel.get(a['key'], a['key'])}")
+    out(f"sms: {len(stack.twilio.outbox)} sent through the Twilio stub")
+    for m in stack.twilio.outbox:
+        out(f"  to {m.to}: {m.body}")
+    result = {
+        "clips_uploaded": len(keys),
+        "clips_processed": by_status.get("processed", 0),
+        "clips_rejected": by_status.get("rejected", 0),
+        "detections": dict(threat_dets),
+        "alerts": [{"threat": a["threat"], "confidence": a["confidence"], "file": rel.get(a["key"], a["key"]),
+                    "clip_id": a["clip_id"]} for a in alerts],
+        "rejected": [{"file": rel.get(c["key"], c["key"]), "reason": c.get("reason")}
+                     for c in clips if c["status"] == "rejected"],
+        "sms": [{"to": m.to, "body": m.body} for m in stack.twilio.outbox],
+        "wall_s": round(wall, 1),
+    }
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+        out(f"wrote {json_out}")
+    return result

@@ -1,0 +1,392 @@
+"""The embedded local stack: the whole flow on one machine, with the real handlers.
+
+moto's server (in-process, 127.0.0.1, a free port) stands in for S3, DynamoDB + Streams, SQS and
+Secrets Manager; its resources are made from ``template.yaml`` itself. What AWS would do between the
+resources is done by :class:`LocalStack`'s router: S3 notification -> SQS -> the classify handler with
+the S3 event body unchanged (retried, then dead-lettered as Lambda's OnFailure destination would), and a
+stream poller that applies the template's FilterCriteria, builds Lambda-shaped batches, calls the notify
+handler and redelivers what ``batchItemFailures`` names, then dead-letters after the retry limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import importlib.util
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+
+from .. import runtime
+from ..devtools.template_reader import (
+    load_template,
+    notify_filter_patterns,
+    queue_specs,
+    s3_event_rules,
+    stream_event_settings,
+    table_specs,
+)
+from ..keys import make_key
+from .twilio_stub import TwilioStub
+
+REPO = Path(__file__).resolve().parents[4]
+log = logging.getLogger(__name__)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class FakeContext:
+    """What a handler reads from Lambda's context object."""
+
+    function_name: str
+    timeout_s: float
+    memory_limit_in_mb: int = 1024
+    function_version: str = "$LATEST"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    _deadline: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}"
+        self.log_group_name = f"/aws/lambda/{self.function_name}"
+        self.log_stream_name = "local"
+        self._deadline = time.monotonic() + self.timeout_s
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def _load_handler(name: str) -> ModuleType:
+    """Import functions/<name>/app.py, the file Lambda runs, under a unique module name."""
+    path = REPO / "functions" / name / "app.py"
+    spec = importlib.util.spec_from_file_location(f"sentinela_fn_{name}", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@dataclass
+class DeadLetter:
+    source: str
+    reason: str
+    payload: dict[str, Any]
+
+
+class LocalStack:
+    def __init__(self, *, stack_name: str = "sentinela-local", template: Path | None = None,
+                 card: Path | None = None, sms_from: str = "+15005550006", quiet: bool = True) -> None:
+        self.stack_name = stack_name
+        self.template_path = template or REPO / "template.yaml"
+        self.card = card
+        self.sms_from = sms_from
+        self.quiet = quiet
+        self.twilio = TwilioStub()
+        self.names: dict[str, str] = {}
+        self._server: Any = None
+        self._lock = threading.RLock()
+        self._stream_iters: dict[str, str] = {}
+        self._stream_pending: list[dict[str, Any]] = []
+        self._attempts: dict[str, int] = {}
+        self._bg: threading.Thread | None = None
+        self._bg_stop = threading.Event()
+        self.invocations = {"classify": 0, "notify": 0}
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> LocalStack:
+        from moto.server import ThreadedMotoServer
+
+        for noisy in ("werkzeug", "moto"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        port = _free_port()
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        self._server.start()
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.twilio.start()
+        self.tpl = load_template(self.template_path)
+        self._env_base()
+        self._create_resources()
+        self._env_functions()
+        runtime.reset()
+        self.classify = _load_handler("classify")
+        self.notify = _load_handler("notify")
+        return self
+
+    def stop(self) -> None:
+        self.stop_background()
+        self.twilio.stop()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        runtime.reset()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _env_base(self) -> None:
+        os.environ.update({
+            "AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+            "POWERTOOLS_TRACE_DISABLED": "1", "POWERTOOLS_METRICS_NAMESPACE": "Sentinela",
+            "POWERTOOLS_SERVICE_NAME": "sentinela-local",
+            "AWS_LAMBDA_FUNCTION_NAME": f"{self.stack_name}-local",
+        })
+        if self.quiet:
+            os.environ["POWERTOOLS_LOG_LEVEL"] = "WARNING"
+            os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1")
+
+    def _create_resources(self) -> None:
+        ddb, sqs, s3, sm = self.client("dynamodb"), self.client("sqs"), self.client("s3"), self.client("secretsmanager")
+        for logical, spec in table_specs(self.tpl).items():
+            name = f"{self.stack_name}-{logical}"
+            ddb.create_table(TableName=name, **spec["create_table"])
+            if spec["ttl_attribute"]:
+                ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={
+                    "Enabled": True, "AttributeName": spec["ttl_attribute"]})
+            self.names[logical] = name
+        for logical, attrs in queue_specs(self.tpl).items():
+            name = f"{self.stack_name}-{logical}"
+            self.names[logical] = sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
+        # S3 invokes classify asynchronously; locally its notifications land in a queue the router reads.
+        self.names["ClipEvents"] = sqs.create_queue(QueueName=f"{self.stack_name}-clip-events")["QueueUrl"]
+        qarn = sqs.get_queue_attributes(QueueUrl=self.names["ClipEvents"], AttributeNames=["QueueArn"])[
+            "Attributes"]["QueueArn"]
+        rules = s3_event_rules(self.tpl, "ClassifyFunction")
+        bucket = f"{self.stack_name}-clips"
+        s3.create_bucket(Bucket=bucket)
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [
+            {"QueueArn": qarn, "Events": r["events"], "Filter": {"Key": {"FilterRules": [
+                {"Name": "prefix", "Value": r["prefix"]}, {"Name": "suffix", "Value": r["suffix"]}]}}}
+            for r in rules]})
+        self.names["ClipsBucket"] = bucket
+        secret = sm.create_secret(Name=f"{self.stack_name}/twilio", SecretString=json.dumps(
+            {"account_sid": self.twilio.account_sid, "auth_token": self.twilio.auth_token}))
+        self.names["TwilioSecret"] = secret["ARN"]
+        self.stream = stream_event_settings(self.tpl, "NotifyFunction")
+        self.filters = notify_filter_patterns(self.tpl, "NotifyFunction")
+        self.stream_arn = ddb.describe_table(TableName=self.names[self.stream["Table"]])["Table"]["LatestStreamArn"]
+        # Drain the queue's s3:TestEvent so that idle means idle.
+        self._drain_test_events()
+
+    def _env_functions(self) -> None:
+        env = {
+            "TABLE_NAME": self.names["DataTable"], "IDEMPOTENCY_TABLE": self.names["IdempotencyTable"],
+            "CLIPS_BUCKET": self.names["ClipsBucket"], "TWILIO_SECRET_ARN": self.names["TwilioSecret"],
+            "SMS_FROM_NUMBER": self.sms_from, "TWILIO_API_BASE": self.twilio.url,
+        }
+        if self.card:
+            env["MODEL_CARD"] = str(self.card)
+        os.environ.update(env)
+
+    # --- what a test or the demo does -----------------------------------------------------------
+    @property
+    def table(self) -> Any:
+        return boto3.resource("dynamodb", endpoint_url=self.endpoint, region_name="us-east-1").Table(
+            self.names["DataTable"])
+
+    def upload(self, data: bytes | Path, site: str, device: str, when: dt.datetime | None = None,
+               ext: str = "wav", key: str | None = None) -> tuple[str, str | None]:
+        body = data.read_bytes() if isinstance(data, Path) else data
+        key = key or make_key(site, device, when or dt.datetime.now(dt.UTC), ext)
+        res = self.client("s3").put_object(Bucket=self.names["ClipsBucket"], Key=key, Body=body)
+        return key, res.get("VersionId")
+
+    # --- the router -----------------------------------------------------------------------------
+    def _drain_test_events(self) -> None:
+        sqs = self.client("sqs")
+        for m in sqs.receive_message(QueueUrl=self.names["ClipEvents"], MaxNumberOfMessages=10).get("Messages", []):
+            if json.loads(m["Body"]).get("Event") == "s3:TestEvent":
+                sqs.delete_message(QueueUrl=self.names["ClipEvents"], ReceiptHandle=m["ReceiptHandle"])
+
+    def pump(self) -> int:
+        """One round of deliveries; returns how many handler invocations it made."""
+        with self._lock:
+            return self._pump_s3() + self._pump_stream()
+
+    def _classify_retries(self) -> int:
+        cfg = self.tpl["Resources"]["ClassifyFunction"]["Properties"].get("EventInvokeConfig", {})
+        return int(cfg.get("MaximumRetryAttempts", 2))
+
+    def _pump_s3(self) -> int:
+        sqs = self.client("sqs")
+        url = self.names["ClipEvents"]
+        msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", [])
+        n = 0
+        for m in msgs:
+            event = json.loads(m["Body"])
+            if event.get("Event") == "s3:TestEvent":
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+                continue
+            n += 1
+            ok, err = self.invoke_classify(event)
+            attempts = self._attempts.get(m["MessageId"], 0) + 1
+            self._attempts[m["MessageId"]] = attempts
+            if ok or attempts > self._classify_retries():
+                if not ok:
+                    self.dead_letter("ClassifyDLQ", "RetriesExhausted", {
+                        "requestContext": {"condition": "RetriesExhausted", "approximateInvokeCount": attempts,
+                                           "functionArn": "classify"},
+                        "responseContext": {"functionError": err}, "requestPayload": event})
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        return n
+
+    def invoke_classify(self, event: dict[str, Any]) -> tuple[bool, str | None]:
+        self.invocations["classify"] += 1
+        try:
+            self.classify.handler(event, FakeContext("classify", 300))
+            return True, None
+        except Exception as exc:  # a function error: Lambda retries the async event
+            log.warning("classify failed: %s", exc)
+            return False, f"{type(exc).__name__}: {exc}"
+
+    def dead_letter(self, queue: str, reason: str, payload: dict[str, Any]) -> None:
+        self.client("sqs").send_message(QueueUrl=self.names[queue], MessageBody=json.dumps(payload, default=str),
+                                        MessageAttributes={"reason": {"DataType": "String", "StringValue": reason}})
+
+    def _read_stream(self) -> None:
+        streams = self.client("dynamodbstreams")
+        desc = streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"]
+        for shard in desc["Shards"]:
+            sid = shard["ShardId"]
+            if sid not in self._stream_iters:
+                self._stream_iters[sid] = streams.get_shard_iterator(
+                    StreamArn=self.stream_arn, ShardId=sid, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+            res = streams.get_records(ShardIterator=self._stream_iters[sid], Limit=1000)
+            self._stream_iters[sid] = res["NextShardIterator"]
+            for r in res["Records"]:
+                rec = self._lambda_record(r)
+                if self._matches(rec):
+                    self._stream_pending.append(rec)
+
+    def _lambda_record(self, r: dict[str, Any]) -> dict[str, Any]:
+        rec = json.loads(json.dumps(r, default=str))
+        ts = r["dynamodb"].get("ApproximateCreationDateTime")
+        if isinstance(ts, dt.datetime):
+            rec["dynamodb"]["ApproximateCreationDateTime"] = int(ts.timestamp())
+        rec["eventSourceARN"] = self.stream_arn
+        rec["awsRegion"] = "us-east-1"
+        rec.setdefault("eventSource", "aws:dynamodb")
+        return rec
+
+    def _matches(self, rec: dict[str, Any]) -> bool:
+        if not self.filters:
+            return True
+        from moto.events.models import EventPattern
+
+        return any(EventPattern.load(json.dumps(p)).matches_event(rec) for p in self.filters)
+
+    def _pump_stream(self) -> int:
+        self._read_stream()
+        n = 0
+        size = int(self.stream["BatchSize"])
+        while self._stream_pending:
+            batch, self._stream_pending = self._stream_pending[:size], self._stream_pending[size:]
+            n += self._deliver(batch, 0)
+        return n
+
+    def _deliver(self, batch: list[dict[str, Any]], tries: int) -> int:
+        """Lambda's stream semantics: retry from the first failed record; bisect on function errors;
+        after MaximumRetryAttempts, the failed records go to the OnFailure destination."""
+        self.invocations["notify"] += 1
+        failed_seq: str | None
+        try:
+            resp = self.notify.handler({"Records": batch}, FakeContext("notify", 60)) or {}
+            failures = resp.get("batchItemFailures", [])
+            failed_seq = failures[0]["itemIdentifier"] if failures else None
+            function_error = False
+        except Exception as exc:
+            log.warning("notify failed: %s", exc)
+            failed_seq, function_error = batch[0]["dynamodb"]["SequenceNumber"], True
+        if failed_seq is None:
+            return 1
+        idx = next((i for i, r in enumerate(batch) if r["dynamodb"]["SequenceNumber"] == failed_seq), 0)
+        rest = batch[idx:]
+        if tries >= int(self.stream["MaximumRetryAttempts"]):
+            self.dead_letter("NotifyDLQ", "RetriesExhausted", {
+                "requestContext": {"condition": "RetryAttemptsExhausted", "approximateInvokeCount": tries + 1},
+                "DDBStreamBatchInfo": {"streamArn": self.stream_arn,
+                                       "startSequenceNumber": rest[0]["dynamodb"]["SequenceNumber"],
+                                       "endSequenceNumber": rest[-1]["dynamodb"]["SequenceNumber"],
+                                       "batchSize": len(rest)},
+                "records": rest})
+            return 1
+        if function_error and self.stream["BisectBatchOnFunctionError"] and len(rest) > 1:
+            half = len(rest) // 2
+            return 1 + self._deliver(rest[:half], tries + 1) + self._deliver(rest[half:], tries + 1)
+        return 1 + self._deliver(rest, tries + 1)
+
+    def pending(self) -> int:
+        attrs = self.client("sqs").get_queue_attributes(QueueUrl=self.names["ClipEvents"], AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+    def run_until_idle(self, timeout_s: float = 600.0) -> int:
+        """Deliver until nothing is left to deliver (S3 events, stream records)."""
+        deadline = time.monotonic() + timeout_s
+        total = 0
+        while time.monotonic() < deadline:
+            n = self.pump()
+            total += n
+            if n == 0 and self.pending() == 0:
+                return total
+        raise TimeoutError(f"local stack not idle after {timeout_s:.0f} s")
+
+    # --- background delivery (the demo's live mode) ----------------------------------------------
+    def start_background(self, interval_s: float = 0.05) -> None:
+        def loop() -> None:
+            while not self._bg_stop.is_set():
+                try:
+                    if self.pump() == 0:
+                        self._bg_stop.wait(interval_s)
+                except Exception:  # keep routing; the failure is logged and the next round retries
+                    log.exception("router round failed")
+                    self._bg_stop.wait(interval_s)
+
+        self._bg_stop.clear()
+        self._bg = threading.Thread(target=loop, name="local-router", daemon=True)
+        self._bg.start()
+
+    def stop_background(self) -> None:
+        if self._bg is not None:
+            self._bg_stop.set()
+            self._bg.join(timeout=30)
+            self._bg = None
+
+    def dead_letters(self, queue: str) -> list[dict[str, Any]]:
+        sqs = self.client("sqs")
+        out = []
+        for m in sqs.receive_message(QueueUrl=self.names[queue], MaxNumberOfMessages=10,
+                                     VisibilityTimeout=0).get("Messages", []):
+            out.append(json.loads(m["Body"]))
+        return out
+
+
+@contextlib.contextmanager
+def local_stack(**kw: Any) -> Iterator[LocalStack]:
+    stack = LocalStack(**kw).start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
