@@ -29,6 +29,8 @@ class Settings:
     sms_from: str | None
     twilio_api_base: str | None
     batch_size: int
+    sms_attempts: int
+    sms_backoff_s: float
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -45,4 +47,6 @@ class Settings:
             sms_from=env.get("SMS_FROM_NUMBER"),
             twilio_api_base=env.get("TWILIO_API_BASE"),
             batch_size=int(env.get("SENTINELA_BATCH", "8")),
+            sms_attempts=int(env.get("SMS_SEND_ATTEMPTS", "3")),
+            sms_backoff_s=float(env.get("SMS_BACKOFF_S", "0.5")),
         )

@@ -62,7 +62,8 @@ def _gateway() -> SmsGateway:
 
 
 def notify_service(metrics: MetricSink | None = None) -> NotifyService:
-    return NotifyService(store(), _gateway, metrics=metrics)
+    s = settings()
+    return NotifyService(store(), _gateway, metrics=metrics, attempts=s.sms_attempts, backoff_s=s.sms_backoff_s)
 
 
 def reset() -> None:

@@ -240,6 +240,7 @@ class LocalStack:
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
                 continue
             n += 1
+            self._complete_s3_event(event)
             ok, err = self.invoke_classify(event)
             attempts = self._attempts.get(m["MessageId"], 0) + 1
             self._attempts[m["MessageId"]] = attempts
@@ -251,6 +252,24 @@ class LocalStack:
                         "responseContext": {"functionError": err}, "requestPayload": event})
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
         return n
+
+    def _complete_s3_event(self, event: dict[str, Any]) -> None:
+        """moto's notification lacks the ``versionId`` and ``sequencer`` that AWS sends for a versioned
+        bucket; find the version by its ETag, as AWS would have named it, so a new version is a new clip."""
+        s3 = self.client("s3")
+        for rec in event.get("Records", []):
+            obj = rec["s3"]["object"]
+            if obj.get("versionId"):
+                continue
+            from urllib.parse import unquote_plus
+
+            key = unquote_plus(obj["key"])
+            versions = s3.list_object_versions(Bucket=rec["s3"]["bucket"]["name"], Prefix=key).get("Versions", [])
+            same = [v for v in versions if v["Key"] == key and v["ETag"].strip('"') == obj.get("eTag")]
+            if same:
+                oldest = min(same, key=lambda v: v["LastModified"])
+                obj["versionId"] = oldest["VersionId"]
+                obj.setdefault("sequencer", f"{int(oldest['LastModified'].timestamp() * 1e6):016X}")
 
     def invoke_classify(self, event: dict[str, Any]) -> tuple[bool, str | None]:
         self.invocations["classify"] += 1

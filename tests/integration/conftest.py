@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sentinela.local.stack import LocalStack
+from sentinela.store import Store
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_card_path: Path) -> Iterator[LocalStack]:
+    os.environ["SMS_BACKOFF_S"] = "0.01"
+    s = LocalStack(card=tiny_card_path).start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture()
+def store(stack: LocalStack) -> Store:
+    return Store(stack.names["DataTable"])
+
+
+def seed(store: Store, site: str, rangers: list[tuple[str, str, str]]) -> None:
+    store.put_site({"site_id": site, "name": f"Sitio {site}", "lat": -37.8, "lon": -73.0, "tz": "America/Santiago"})
+    for i, (rid, phone, lang) in enumerate(rangers):
+        store.put_ranger(site, {"ranger_id": rid, "name": rid, "phone": phone, "lang": lang, "order": i})
