@@ -55,7 +55,7 @@ def test_background_noise_does_not_alert(stack: LocalStack, store: Store) -> Non
 def test_duplicate_s3_event_changes_nothing(stack: LocalStack, store: Store) -> None:
     seed(store, "site-c", [("ana", "+56900000103", "es")])
     sqs = stack.client("sqs")
-    key, _ = stack.upload(encode(impulse()), "site-c", "rec-1")
+    stack.upload(encode(impulse()), "site-c", "rec-1")
     msg = sqs.receive_message(QueueUrl=stack.names["ClipEvents"], VisibilityTimeout=0)["Messages"][0]
     event = json.loads(msg["Body"])
     stack.run_until_idle()

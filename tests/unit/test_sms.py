@@ -37,4 +37,5 @@ def test_alert_text_is_gsm7_and_fits_two_segments(lang: str) -> None:
 
 
 def test_site_names_are_folded_to_gsm7() -> None:
-    assert gsm_safe("Cañete, Curanilahue, Contulmo: Los Álamos, Tirúa") == "Cañete, Curanilahue, Contulmo: Los Alamos, Tirua"
+    folded = gsm_safe("Cañete, Curanilahue, Contulmo: Los Álamos, Tirúa")
+    assert folded == "Cañete, Curanilahue, Contulmo: Los Alamos, Tirua"

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import json
+import os
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None
         return {"clips_uploaded": 0, "clips_processed": 0, "clips_rejected": 0, "detections": {},
                 "alerts": [], "sms": []}
     t0 = time.perf_counter()
+    log_path = REPO / "out" / "demo-handlers.log"
     stack = LocalStack(card=card).start()
     try:
         store = Store(stack.names["DataTable"], None)
@@ -47,12 +52,33 @@ def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None
                                   ext=f.suffix.lower().lstrip("."))
             keys[key] = f
         out(f"uploaded {len(files)} clips from {audio}; classifying ...")
-        _wait(stack)
-        stack.stop_background()
-        stack.run_until_idle()
+        with _stderr_to(log_path):
+            _wait(stack)
+            stack.stop_background()
+            stack.run_until_idle()
+        out(f"(handler metrics and decoder warnings: {log_path})")
         return _summarise(stack, store, keys, audio, time.perf_counter() - t0, json_out, out)
     finally:
         stack.stop()
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """The handlers' metrics (EMF lines on stdout, as in Lambda) and the decoders' complaints (libmpg123
+    writes straight to file descriptor 2) go to a log file, so the summary stays readable; the path is
+    printed, nothing is lost."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with path.open("a", encoding="utf-8") as f, contextlib.redirect_stdout(f):
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            f.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _wait(stack: LocalStack, timeout_s: float = 3600) -> None:

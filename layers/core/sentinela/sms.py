@@ -74,7 +74,7 @@ class Sent:
     status: str
 
 
-class _LocalHttpClient(TwilioHttpClient):
+class _LocalHttpClient(TwilioHttpClient):  # type: ignore[misc]
     """The real Twilio HTTP client, with the API host swapped for a base URL (the local stub)."""
 
     def __init__(self, base_url: str, **kw: Any) -> None:

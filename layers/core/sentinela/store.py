@@ -15,7 +15,7 @@ import boto3
 from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
-from .detect import AlertDecision, ClipResult, Detection
+from .detect import AlertDecision, Detection
 
 
 def now_iso() -> str:

@@ -151,7 +151,6 @@ class LocalStack:
         })
         if self.quiet:
             os.environ["POWERTOOLS_LOG_LEVEL"] = "WARNING"
-            os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
 
     def client(self, service: str) -> Any:
         return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1")
@@ -300,7 +299,7 @@ class LocalStack:
                     self._stream_pending.append(rec)
 
     def _lambda_record(self, r: dict[str, Any]) -> dict[str, Any]:
-        rec = json.loads(json.dumps(r, default=str))
+        rec: dict[str, Any] = json.loads(json.dumps(r, default=str))
         ts = r["dynamodb"].get("ApproximateCreationDateTime")
         if isinstance(ts, dt.datetime):
             rec["dynamodb"]["ApproximateCreationDateTime"] = int(ts.timestamp())
@@ -314,7 +313,7 @@ class LocalStack:
             return True
         from moto.events.models import EventPattern
 
-        return any(EventPattern.load(json.dumps(p)).matches_event(rec) for p in self.filters)
+        return any(EventPattern.load(json.dumps(p)).matches_event(rec) for p in self.filters)  # type: ignore[arg-type]
 
     def _pump_stream(self) -> int:
         self._read_stream()
