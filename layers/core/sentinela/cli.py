@@ -141,10 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_extra(sub: Any) -> None:
-    """Commands that live in their own modules (bench, train, eval) register themselves here."""
+    """Commands that live in their own modules register themselves here: bench, train, eval; sites and
+    rangers (rangers_cli); status and replay (ops_cli); devices and upload (devices_cli)."""
     import importlib
 
-    for name in ("bench", "train", "evaluate"):
+    for name in ("bench", "train", "evaluate", "rangers_cli", "ops_cli", "devices_cli"):
         try:
             mod = importlib.import_module(f"sentinela.{name}")
         except ModuleNotFoundError as exc:
