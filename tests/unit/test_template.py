@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from sentinela.devtools.template_reader import (
     TemplateError,
     load_template,
@@ -89,9 +90,7 @@ def test_validator_passes(report: ValidationReport) -> None:
 
 def _cli(path: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO / "layers" / "core"), env.get("PYTHONPATH")) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "layers" / "core"), env.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", "sentinela.devtools.validate_template", str(path)],
         cwd=REPO,
@@ -288,9 +287,7 @@ def test_table_specs_refuse_what_is_only_known_at_deploy_time(tpl: dict[str, Any
         table_specs(t)
 
 
-def test_table_and_queue_specs_are_accepted_by_moto(
-    tpl: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_table_and_queue_specs_are_accepted_by_moto(tpl: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     boto3 = pytest.importorskip("boto3")
     moto = pytest.importorskip("moto")
     for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
@@ -363,7 +360,9 @@ def test_bucket_name_string_is_the_same_everywhere(tpl: dict[str, Any]) -> None:
     assert len(copies) >= 5
     name = BUCKET_NAME["Fn::Sub"]
     for text in copies:
-        assert text in (name, f"arn:${{AWS::Partition}}:s3:::{name}/clips/*"), text
+        assert text in (name, f"arn:${{AWS::Partition}}:s3:::{name}", f"arn:${{AWS::Partition}}:s3:::{name}/clips/*"), (
+            text
+        )
 
 
 # ------------------------------------------------------------------------------------------------ IAM
@@ -427,29 +426,24 @@ def test_classify_permissions(translated: dict[str, Any]) -> None:
         assert _resources_for(translated, "ClassifyRole", action) == [clips], action
     data = [{"Fn::GetAtt": ["DataTable", "Arn"]}, {"Fn::Sub": "${DataTable.Arn}/index/*"}]
     for action in ("PutItem", "UpdateItem", "GetItem", "BatchWriteItem", "Query"):
-        assert all(r in _resources_for(translated, "ClassifyRole", f"dynamodb:{action}") for r in data), (
-            action
-        )
+        assert all(r in _resources_for(translated, "ClassifyRole", f"dynamodb:{action}") for r in data), action
     assert _resources_for(translated, "ClassifyRole", "dynamodb:DeleteItem") == [
         {"Fn::GetAtt": ["IdempotencyTable", "Arn"]}
     ]
-    assert _resources_for(translated, "ClassifyRole", "sqs:SendMessage") == [
-        {"Fn::GetAtt": ["ClassifyDLQ", "Arn"]}
-    ]
+    assert _resources_for(translated, "ClassifyRole", "sqs:SendMessage") == [{"Fn::GetAtt": ["ClassifyDLQ", "Arn"]}]
+    # Only so that a missing clip reads as 404 (recorded as "missing"), not 403 (retried, dead-lettered).
+    bucket = {"Fn::Sub": f"arn:${{AWS::Partition}}:s3:::{BUCKET_NAME['Fn::Sub']}"}
+    assert _resources_for(translated, "ClassifyRole", "s3:ListBucket") == [bucket]
     assert _resources_for(translated, "ClassifyRole", "secretsmanager:GetSecretValue") == []
     assert _resources_for(translated, "ClassifyRole", "s3:PutObject") == []
 
 
 def test_notify_permissions(translated: dict[str, Any]) -> None:
-    assert _resources_for(translated, "NotifyRole", "secretsmanager:GetSecretValue") == [
-        {"Ref": "TwilioSecret"}
-    ]
+    assert _resources_for(translated, "NotifyRole", "secretsmanager:GetSecretValue") == [{"Ref": "TwilioSecret"}]
     stream = [{"Fn::GetAtt": ["DataTable", "StreamArn"]}]
     for action in ("DescribeStream", "GetRecords", "GetShardIterator"):
         assert _resources_for(translated, "NotifyRole", f"dynamodb:{action}") == stream, action
-    assert _resources_for(translated, "NotifyRole", "sqs:SendMessage") == [
-        {"Fn::GetAtt": ["NotifyDLQ", "Arn"]}
-    ]
+    assert _resources_for(translated, "NotifyRole", "sqs:SendMessage") == [{"Fn::GetAtt": ["NotifyDLQ", "Arn"]}]
     (clips,) = _resources_for(translated, "NotifyRole", "s3:GetObject")
     assert clips["Fn::Sub"].endswith("/clips/*")
     assert _resources_for(translated, "NotifyRole", "dynamodb:BatchWriteItem") == []
@@ -458,9 +452,7 @@ def test_notify_permissions(translated: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- wiring
 
 
-def test_classify_s3_events_four_suffixes_under_clips(
-    tpl: dict[str, Any], translated: dict[str, Any]
-) -> None:
+def test_classify_s3_events_four_suffixes_under_clips(tpl: dict[str, Any], translated: dict[str, Any]) -> None:
     rules = s3_event_rules(tpl, "ClassifyFunction")
     assert sorted(r["suffix"] for r in rules) == [".flac", ".mp3", ".ogg", ".wav"]
     for r in rules:
