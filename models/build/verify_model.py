@@ -90,7 +90,7 @@ def compare(
     emb_scale = float(np.abs(reference.embedding).max()) or 1.0
     emb_rel_real = float(d_emb[real].max()) / emb_scale if real.any() else 0.0
     if emb_rel_real > MAX_EMBEDDING_REL_DELTA:
-        failures.append(f"embedding max |Δ| on non-degenerate windows is {emb_rel_real:.3g} of its range "
+        failures.append(f"embedding max |Δ| on non-degenerate windows is {emb_rel_real:.3g} of its largest value "
                         f"(allowed {MAX_EMBEDDING_REL_DELTA})")
     return {
         "passed": not failures,
