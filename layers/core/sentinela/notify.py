@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .messages import render_alert
-from .pipeline import MetricSink, NullMetrics
+from .metrics import MetricSink, NullMetrics
 from .sms import SmsError, SmsGateway, mask_phone
 from .store import Store
 

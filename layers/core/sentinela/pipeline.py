@@ -7,31 +7,22 @@ retry limit, dead-letters the event.
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from botocore.exceptions import ClientError
 
 from .audio import AudioError
 from .classify import classify_source
 from .keys import BadKey, decode_event_key, parse_key
+from .metrics import MetricSink, NullMetrics
 from .model import Model
 from .store import ClipRef, Store, clip_id_for, now_iso
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
-
-
-class MetricSink(Protocol):
-    def add_metric(self, name: str, unit: Any, value: float) -> None: ...
-
-
-class NullMetrics:
-    def add_metric(self, name: str, unit: Any, value: float) -> None:
-        return None
 
 
 @dataclass
@@ -132,7 +123,3 @@ class ClassifyService:
             self.s3.put_object_tagging(**kw)
         except ClientError:
             self.metrics.add_metric("TaggingFailed", "Count", 1)
-
-
-def tmp_dir() -> str:
-    return os.environ.get("TMPDIR", "/tmp")

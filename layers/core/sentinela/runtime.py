@@ -6,17 +6,21 @@ Handlers call these; so does the local stack, through the very same handlers.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 
-from .card import load_card, with_alert_override
 from .config import Settings, default_card_path
-from .model import Model
-from .notify import NotifyService
-from .pipeline import ClassifyService, MetricSink
-from .sms import SmsGateway
+from .metrics import MetricSink
 from .store import Store
+
+# Each function's layers carry only what it uses (classify: numpy/onnxruntime; notify: twilio), so
+# the heavy modules are imported where they are needed, not here.
+if TYPE_CHECKING:
+    from .model import Model
+    from .notify import NotifyService
+    from .pipeline import ClassifyService
+    from .sms import SmsGateway
 
 
 @functools.cache
@@ -27,6 +31,9 @@ def settings() -> Settings:
 @functools.cache
 def model() -> Model:
     """Loaded once per container: session creation is the bulk of a cold start."""
+    from .card import load_card, with_alert_override
+    from .model import Model
+
     card = with_alert_override(load_card(default_card_path()), settings().alert_threshold_override)
     return Model(card)
 
@@ -42,6 +49,8 @@ def s3() -> Any:
 
 
 def classify_service(metrics: MetricSink | None = None) -> ClassifyService:
+    from .pipeline import ClassifyService
+
     s = settings()
     return ClassifyService(store(), s3(), model(), max_bytes=s.max_clip_bytes, max_seconds=s.max_clip_seconds,
                            batch_size=s.batch_size, metrics=metrics)
@@ -50,6 +59,8 @@ def classify_service(metrics: MetricSink | None = None) -> ClassifyService:
 @functools.cache
 def _gateway() -> SmsGateway:
     from aws_lambda_powertools.utilities import parameters
+
+    from .sms import SmsGateway
 
     s = settings()
     if not s.twilio_secret:
@@ -62,6 +73,8 @@ def _gateway() -> SmsGateway:
 
 
 def notify_service(metrics: MetricSink | None = None) -> NotifyService:
+    from .notify import NotifyService
+
     s = settings()
     return NotifyService(store(), _gateway, metrics=metrics, attempts=s.sms_attempts, backoff_s=s.sms_backoff_s)
 

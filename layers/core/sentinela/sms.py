@@ -11,10 +11,6 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-from twilio.base.exceptions import TwilioRestException
-from twilio.http.http_client import TwilioHttpClient
-from twilio.rest import Client
-
 # Twilio codes that will fail the same way every time: do not retry, tell ops, move on.
 PERMANENT_CODES = {21211, 21214, 21408, 21610, 21612, 21614}
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -74,30 +70,38 @@ class Sent:
     status: str
 
 
-class _LocalHttpClient(TwilioHttpClient):  # type: ignore[misc]
-    """The real Twilio HTTP client, with the API host swapped for a base URL (the local stub)."""
+def _http_client(api_base: str | None, timeout: float) -> Any:
+    """The real Twilio HTTP client; with ``api_base``, its API host is swapped for that base URL (the
+    local stub). twilio is imported here: only the functions that text carry it in their layers."""
+    from twilio.http.http_client import TwilioHttpClient
 
-    def __init__(self, base_url: str, **kw: Any) -> None:
-        super().__init__(**kw)
-        self.base_url = base_url.rstrip("/")
+    if not api_base:
+        return TwilioHttpClient(timeout=timeout)
+    base_url = api_base.rstrip("/")
 
-    def request(self, method: str, url: str, *args: Any, **kw: Any) -> Any:
-        parts = urllib.parse.urlsplit(url)
-        target = self.base_url + parts.path + (f"?{parts.query}" if parts.query else "")
-        return super().request(method, target, *args, **kw)
+    class LocalHttpClient(TwilioHttpClient):  # type: ignore[misc]
+        def request(self, method: str, url: str, *args: Any, **kw: Any) -> Any:
+            parts = urllib.parse.urlsplit(url)
+            target = base_url + parts.path + (f"?{parts.query}" if parts.query else "")
+            return super().request(method, target, *args, **kw)
+
+    return LocalHttpClient(timeout=timeout)
 
 
 class SmsGateway:
     def __init__(self, account_sid: str, auth_token: str, from_number: str,
                  api_base: str | None = None, timeout: float = 10.0) -> None:
-        http = _LocalHttpClient(api_base, timeout=timeout) if api_base else TwilioHttpClient(timeout=timeout)
-        self.client = Client(account_sid, auth_token, http_client=http)
+        from twilio.rest import Client
+
+        self.client = Client(account_sid, auth_token, http_client=_http_client(api_base, timeout))
         self.from_number = from_number
 
     def send(self, to: str, body: str, status_callback: str | None = None) -> Sent:
         kw: dict[str, Any] = {"to": to, "from_": self.from_number, "body": body}
         if status_callback:
             kw["status_callback"] = status_callback
+        from twilio.base.exceptions import TwilioRestException
+
         try:
             msg = self.client.messages.create(**kw)
         except TwilioRestException as exc:

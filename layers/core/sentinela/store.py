@@ -9,13 +9,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
-from .detect import AlertDecision, Detection
+if TYPE_CHECKING:  # detect pulls in numpy and onnxruntime, which the notify function does not carry
+    from .detect import AlertDecision, Detection
 
 
 def now_iso() -> str:
