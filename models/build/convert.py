@@ -167,20 +167,24 @@ def build(cache_dir: Path, dist_dir: Path, card_path: Path) -> int:
     from verify_model import verify
 
     report = verify(staged, dist_dir / TFLITE_NAME, labels, EMBEDDING_DIM)
-    (dist_dir / VERIFY_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    report_text = json.dumps(report, indent=2) + "\n"
     clock.lap("verification")
     _print_verification(report)
     if not report["passed"]:
-        # Kept under a name no consumer looks for, so the failure can be investigated.
+        # Kept under names no consumer looks for: a previously published model and its report stay
+        # as they were, and the failure can still be investigated.
         rejected = dist_dir / f"{final.stem}.rejected.onnx"
+        rejected_report = dist_dir / f"{Path(VERIFY_NAME).stem}.rejected.json"
         os.replace(staged, rejected)
+        rejected_report.write_text(report_text, encoding="utf-8")
         for key, run in report["runs"].items():
             for failure in run["failures"]:
                 print(f"[model] FAILED ({key}): {failure}", file=sys.stderr)
         print(f"[model] verification failed; model not published (kept as {rejected}). "
-              f"Details: {dist_dir / VERIFY_NAME}", file=sys.stderr)
+              f"Details: {rejected_report}", file=sys.stderr)
         return 1
 
+    (dist_dir / VERIFY_NAME).write_text(report_text, encoding="utf-8")
     os.replace(staged, final)
     onnx_sha = source.sha256_file(final)
     previous = model_entry(card_path)

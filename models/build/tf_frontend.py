@@ -14,6 +14,7 @@ This module needs TensorFlow; only convert.py (inside the build venv) imports it
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,9 @@ def _real_part_rfft2d(ctx: Any, node: Any, name: str, args: list[Any]) -> None:
 
 def convert(tflite_path: Path, opset: int) -> onnx.ModelProto:
     """Convert with tf2onnx. It does not raise on ops it fails to convert; callers must check the graph."""
+    # tf2onnx reads tensor shapes through tf.lite.Interpreter, which warns that it is deprecated;
+    # that is tf2onnx's business, not something the person running `make model` can act on.
+    warnings.filterwarnings("ignore", message=r"\s*Warning: tf\.lite\.Interpreter is deprecated")
     model, _ = tf2onnx.convert.from_tflite(
         str(tflite_path),
         opset=opset,

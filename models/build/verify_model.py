@@ -12,6 +12,7 @@ compare() is pure numpy so it can be unit-tested; run_tflite/run_onnx need the b
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -129,6 +130,9 @@ def run_tflite(tflite: Path, windows: np.ndarray, embedding_dim: int, threads: i
     embedding comes from a second interpreter rather than weakening the logits reference.
     """
     from ai_edge_litert.interpreter import Interpreter
+
+    # Preserving all tensors is deliberate here (a debugging feature, hence LiteRT's warning).
+    warnings.filterwarnings("ignore", message=r".*experimental_preserve_all_tensors")
 
     fast = Interpreter(model_path=str(tflite), num_threads=threads)
     fast.allocate_tensors()
