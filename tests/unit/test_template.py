@@ -452,15 +452,17 @@ def test_notify_permissions(translated: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- wiring
 
 
-def test_classify_s3_events_four_suffixes_under_clips(tpl: dict[str, Any], translated: dict[str, Any]) -> None:
+def test_classify_s3_events_every_suffix_in_both_cases_under_clips(
+    tpl: dict[str, Any], translated: dict[str, Any]
+) -> None:
     rules = s3_event_rules(tpl, "ClassifyFunction")
-    assert sorted(r["suffix"] for r in rules) == [".flac", ".mp3", ".ogg", ".wav"]
+    assert sorted(r["suffix"] for r in rules) == [".FLAC", ".MP3", ".OGG", ".WAV", ".flac", ".mp3", ".ogg", ".wav"]
     for r in rules:
         assert r["bucket"] == "ClipsBucket"
         assert r["prefix"] == "clips/"
         assert r["events"] == ["s3:ObjectCreated:*"]
     configs = props(translated, "ClipsBucket")["NotificationConfiguration"]["LambdaConfigurations"]
-    assert len(configs) == 4
+    assert len(configs) == 8
     assert all(c["Function"] == {"Fn::GetAtt": ["ClassifyFunction", "Arn"]} for c in configs)
 
 
@@ -509,7 +511,8 @@ def test_classify_function_settings(tpl: dict[str, Any], translated: dict[str, A
     }
     fn = props(translated, "ClassifyFunction")
     layers = [ref["Ref"] for ref in fn["Layers"]]
-    assert [name.rstrip("0123456789abcdef") for name in layers] == ["RuntimeLayer", "CoreLayer", "ModelLayer"]
+    expected = ["RuntimeLayer", "CoreLayer", "MlLayer", "ModelLayer"]
+    assert [name.rstrip("0123456789abcdef") for name in layers] == expected
     assert fn["TracingConfig"] == {"Mode": "Active"}
     assert fn["Runtime"] == "python3.12" and fn["Architectures"] == ["x86_64"]
 
@@ -521,7 +524,7 @@ def test_layers(tpl: dict[str, Any]) -> None:
     for logical_id in ("RuntimeLayer", "CoreLayer"):
         assert res(tpl, logical_id)["Metadata"]["BuildMethod"] == "python3.12"
     # Files as they are, unpacked at /opt (so the card is /opt/card.json).
-    assert "BuildMethod" not in res(tpl, "ModelLayer").get("Metadata", {})
+    assert res(tpl, "ModelLayer")["Metadata"]["BuildMethod"] == "makefile"
     assert "CC-BY-NC-SA" in props(tpl, "ModelLayer")["LicenseInfo"]
 
 
@@ -557,7 +560,7 @@ def test_each_function_has_its_log_group_with_retention(tpl: dict[str, Any]) -> 
 
 def test_parameters_and_outputs(tpl: dict[str, Any]) -> None:
     p = tpl["Parameters"]
-    assert p["AlertThreshold"]["Default"] == 0.5
+    assert p["AlertThreshold"]["Default"] == 0  # 0: the model card's calibrated thresholds decide
     assert (p["AlertThreshold"]["MinValue"], p["AlertThreshold"]["MaxValue"]) == (0, 1)
     assert p["MaxClipBytes"]["Default"] == 200000000 and p["MaxClipSeconds"]["Default"] == 7200
     assert p["SmsFromNumber"]["AllowedPattern"].startswith("^\\+")
