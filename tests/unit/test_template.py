@@ -587,6 +587,8 @@ def test_parameters_and_outputs(tpl: dict[str, Any]) -> None:
         "NotifyDLQUrl",
         "ClassifyFunctionName",
         "NotifyFunctionName",
+        "UploadsEndpoint",
+        "PresignFunctionName",
     }
 
 

@@ -79,6 +79,23 @@ def notify_service(metrics: MetricSink | None = None) -> NotifyService:
     return NotifyService(store(), _gateway, metrics=metrics, attempts=s.sms_attempts, backoff_s=s.sms_backoff_s)
 
 
+# --- presign (recorder uploads) -----------------------------------------------------------------
+def presign_service(metrics: MetricSink | None = None) -> PresignService:
+    """UPLOAD_URL_TTL_S (default 600), UPLOAD_CLOCK_SKEW_S (300), UPLOAD_RATE_PER_MINUTE (30)."""
+    import os
+
+    from .presign import PresignService
+
+    s = settings()
+    if not s.bucket:
+        raise RuntimeError("CLIPS_BUCKET is not set")
+    env = os.environ
+    return PresignService(store(), s3(), s.bucket, max_bytes=s.max_clip_bytes,
+                          ttl_s=int(env.get("UPLOAD_URL_TTL_S", "600")),
+                          skew_s=int(env.get("UPLOAD_CLOCK_SKEW_S", "300")),
+                          per_minute=int(env.get("UPLOAD_RATE_PER_MINUTE", "30")), metrics=metrics)
+
+
 def reset() -> None:
     """Forget cached clients and settings (the local stack calls this when it restarts)."""
     for f in (settings, model, store, s3, _gateway):

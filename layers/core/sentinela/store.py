@@ -194,6 +194,69 @@ class Store:
     def sends(self, pk: str) -> list[dict[str, Any]]:
         return self._query_pk(pk, "SMS#")
 
+    # --- devices (recorder uploads: sentinela.devices, sentinela.presign) -----------------------
+    # A device is ``SITE#<site>`` / ``DEVICE#<device>``, type "device": cadence_s (read by the silence
+    # alarm), status active|revoked, and only a salted hash of its secret. Listed through gsi1 "DEVICES".
+    # Upload rate counters are ``SITE#<site>`` / ``UPLOADRATE#<device>#<minute>`` (TTL expires_at), kept
+    # out of the DEVICE# range so that a query for devices never meets them.
+    def put_device(self, device: Mapping[str, Any]) -> bool:
+        """Register a device, or re-issue a revoked one; False when an active device has that id."""
+        site, dev = device["site_id"], device["device_id"]
+        item = dict(device) | {"pk": f"SITE#{site}", "sk": f"DEVICE#{dev}", "type": "device",
+                               "gsi1pk": "DEVICES", "gsi1sk": f"{site}#{dev}"}
+        try:
+            self.table.put_item(Item=to_ddb(item), ConditionExpression="attribute_not_exists(pk) OR #s = :revoked",
+                                ExpressionAttributeNames={"#s": "status"},
+                                ExpressionAttributeValues={":revoked": "revoked"})
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+
+    def get_device(self, site_id: str, device_id: str) -> dict[str, Any] | None:
+        item = self.table.get_item(Key={"pk": f"SITE#{site_id}", "sk": f"DEVICE#{device_id}"},
+                                   ConsistentRead=True).get("Item")
+        return from_ddb(item) if item else None
+
+    def revoke_device(self, site_id: str, device_id: str, at: str) -> bool:
+        """Mark a device revoked (its secret stops working); False when there is no such device."""
+        try:
+            self.table.update_item(
+                Key={"pk": f"SITE#{site_id}", "sk": f"DEVICE#{device_id}"},
+                UpdateExpression="SET #s = :revoked, revoked_at = :at",
+                ConditionExpression="attribute_exists(pk)",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={":revoked": "revoked", ":at": at},
+            )
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+
+    def list_devices(self, site_id: str | None = None) -> list[dict[str, Any]]:
+        if site_id:
+            return [d for d in self._query_pk(f"SITE#{site_id}", "DEVICE#") if d.get("type") == "device"]
+        return self._query_index("DEVICES")
+
+    def count_upload_request(self, site_id: str, device_id: str, minute: str, limit: int, expires_at: int) -> bool:
+        """Count one upload request in the device's current minute; False (not counted) once ``limit``
+        requests were counted in that minute. One conditional update: no read-modify-write race."""
+        try:
+            self.table.update_item(
+                Key={"pk": f"SITE#{site_id}", "sk": f"UPLOADRATE#{device_id}#{minute}"},
+                UpdateExpression="ADD n :one SET #t = :type, expires_at = :exp",
+                ConditionExpression="attribute_not_exists(n) OR n < :limit",
+                ExpressionAttributeNames={"#t": "type"},
+                ExpressionAttributeValues={":one": 1, ":limit": limit, ":type": "upload_rate", ":exp": expires_at},
+            )
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+
     # --- scans for the local stack and the CLI ------------------------------------------------
     def clips_for_site(self, site_id: str, since: str = "") -> list[dict[str, Any]]:
         return self._query_index(f"SITE#{site_id}", f"CLIP#{since}")

@@ -38,6 +38,7 @@ from ..devtools.template_reader import (
     table_specs,
 )
 from ..keys import make_key
+from .http_api import HttpApi
 from .twilio_stub import TwilioStub
 
 REPO = Path(__file__).resolve().parents[4]
@@ -106,6 +107,8 @@ class LocalStack:
         self._bg: threading.Thread | None = None
         self._bg_stop = threading.Event()
         self.invocations = {"classify": 0, "notify": 0}
+        # The HTTP API (presign, POST /uploads): real HTTP on 127.0.0.1 in front of the real handler.
+        self.http_api = HttpApi({"POST /uploads": self._invoke_presign})
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> LocalStack:
@@ -125,10 +128,13 @@ class LocalStack:
         runtime.reset()
         self.classify = _load_handler("classify")
         self.notify = _load_handler("notify")
+        self.presign = _load_handler("presign")
+        self.http_api.start()
         return self
 
     def stop(self) -> None:
         self.stop_background()
+        self.http_api.stop()
         self.twilio.stop()
         if self._server is not None:
             self._server.stop()
@@ -194,6 +200,8 @@ class LocalStack:
             "TABLE_NAME": self.names["DataTable"], "IDEMPOTENCY_TABLE": self.names["IdempotencyTable"],
             "CLIPS_BUCKET": self.names["ClipsBucket"], "TWILIO_SECRET_ARN": self.names["TwilioSecret"],
             "SMS_FROM_NUMBER": self.sms_from, "TWILIO_API_BASE": self.twilio.url,
+            # presign: a deployed stack takes these from template.yaml; here they are its defaults.
+            "UPLOAD_URL_TTL_S": "600", "UPLOAD_CLOCK_SKEW_S": "300", "UPLOAD_RATE_PER_MINUTE": "600",
         }
         if self.card:
             env["MODEL_CARD"] = str(self.card)
@@ -211,6 +219,16 @@ class LocalStack:
         key = key or make_key(site, device, when or dt.datetime.now(dt.UTC), ext)
         res = self.client("s3").put_object(Bucket=self.names["ClipsBucket"], Key=key, Body=body)
         return key, res.get("VersionId")
+
+    def _invoke_presign(self, event: dict[str, Any]) -> Any:
+        """What API Gateway does for POST /uploads: call the presign handler with the v2 event."""
+        self.invocations["presign"] = self.invocations.get("presign", 0) + 1
+        return self.presign.handler(event, FakeContext("presign", 30))
+
+    @property
+    def uploads_url(self) -> str:
+        """The endpoint a recorder is given (``sentinela upload --endpoint``)."""
+        return f"{self.http_api.url}/uploads"
 
     # --- the router -----------------------------------------------------------------------------
     def _drain_test_events(self) -> None:

@@ -1,0 +1,41 @@
+"""presign: POST /uploads (HTTP API) -> a presigned S3 POST for one clip of one authenticated device."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2, event_source
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from sentinela import runtime
+
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer()
+
+
+def _response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"statusCode": status, "headers": {"Content-Type": "application/json", "Cache-Control": "no-store",
+                                              **(headers or {})}, "body": json.dumps(body)}
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+@event_source(data_class=APIGatewayProxyEventV2)
+def handler(event: APIGatewayProxyEventV2, context: LambdaContext) -> dict[str, Any]:
+    try:
+        payload = json.loads(event.decoded_body or "")
+    except (ValueError, UnicodeDecodeError):
+        metrics.add_metric(name="UploadRefused_bad_request", unit="Count", value=1)
+        return _response(400, {"error": "bad_request", "reason": "the body must be JSON"})
+    if isinstance(payload, dict):
+        # Never log the secret; the ids are what ops search by.
+        logger.append_keys(site=payload.get("site"), device=payload.get("device"))
+    answer = runtime.presign_service(metrics).handle(payload)
+    logger.info("upload request", extra={"status": answer.status, "error": answer.body.get("error"),
+                                         "reason": answer.body.get("reason"), "key": answer.body.get("key"),
+                                         "duplicate": answer.body.get("duplicate")})
+    return _response(answer.status, answer.body, answer.headers)
