@@ -257,6 +257,66 @@ class Store:
                 return False
             raise
 
+    # --- device last-seen and silence episodes (issue 6: silence is an alarm; sentinela.silence) -------
+    # ``SITE#<site>`` / ``SEEN#<device>``, type "device_seen": last_upload_at (when classify received the
+    # device's latest clip), last_clip_key, uploads; and the open silence episode, if any
+    # (silence_episode = the last_upload_at the alarm was raised for). Kept apart from the registered
+    # ``DEVICE#`` item so that classify never creates or overwrites a registration. One conditional
+    # UpdateItem per clip, monotonic under concurrent or replayed deliveries.
+    def mark_device_seen(self, site_id: str, device_id: str, at: str, key: str) -> bool:
+        try:
+            self.table.update_item(
+                Key={"pk": f"SITE#{site_id}", "sk": f"SEEN#{device_id}"},
+                UpdateExpression="SET #t = :type, site_id = :site, device_id = :dev, last_upload_at = :at, "
+                                 "last_clip_key = :key ADD uploads :one",
+                ConditionExpression="attribute_not_exists(last_upload_at) OR last_upload_at < :at",
+                ExpressionAttributeNames={"#t": "type"},
+                ExpressionAttributeValues={":type": "device_seen", ":site": site_id, ":dev": device_id,
+                                           ":at": at, ":key": key, ":one": 1},
+            )
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+
+    def seen_devices(self, site_id: str) -> list[dict[str, Any]]:
+        return self._query_pk(f"SITE#{site_id}", "SEEN#")
+
+    def device_settings(self, site_id: str) -> dict[str, dict[str, Any]]:
+        """Registered devices of a site by id (their ``cadence_s`` overrides the site's)."""
+        return {d["device_id"]: d for d in self._query_pk(f"SITE#{site_id}", "DEVICE#") if "device_id" in d}
+
+    def open_silence(self, site_id: str, device_id: str, episode: str, at: str) -> bool:
+        """Claim the one alarm of a silence episode; False when it was already raised (or the device
+        uploaded meanwhile)."""
+        return self._conditional_update(
+            site_id, device_id, "SET silence_episode = :ep, silence_alerted_at = :at REMOVE recovered_at",
+            "last_upload_at = :ep AND (attribute_not_exists(silence_episode) OR silence_episode <> :ep)",
+            {":ep": episode, ":at": at})
+
+    def close_silence(self, site_id: str, device_id: str, episode: str, at: str) -> bool:
+        """End an episode once (the device uploaded again); False when another check already did."""
+        return self._conditional_update(site_id, device_id, "SET recovered_at = :at REMOVE silence_episode",
+                                        "silence_episode = :ep", {":ep": episode, ":at": at})
+
+    def release_silence(self, site_id: str, device_id: str, episode: str) -> bool:
+        """Give back a claimed alarm whose message could not be sent, so the next check tries again."""
+        return self._conditional_update(site_id, device_id, "REMOVE silence_episode, silence_alerted_at",
+                                        "silence_episode = :ep", {":ep": episode})
+
+    def _conditional_update(self, site_id: str, device_id: str, update: str, condition: str,
+                            values: dict[str, Any]) -> bool:
+        try:
+            self.table.update_item(Key={"pk": f"SITE#{site_id}", "sk": f"SEEN#{device_id}"},
+                                   UpdateExpression=update, ConditionExpression=condition,
+                                   ExpressionAttributeValues=values)
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+
     # --- scans for the local stack and the CLI ------------------------------------------------
     def clips_for_site(self, site_id: str, since: str = "") -> list[dict[str, Any]]:
         return self._query_index(f"SITE#{site_id}", f"CLIP#{since}")
