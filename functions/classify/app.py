@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
@@ -31,6 +32,8 @@ persistence = DynamoDBPersistenceLayer(table_name=os.environ.get("IDEMPOTENCY_TA
 def process(record: dict[str, Any]) -> dict[str, Any]:
     obj = record["s3"]["object"]
     logger.append_keys(clip_key=obj["key"])
+    # The clip in the EMF record too, so a metric data point leads back to its clip in Logs Insights.
+    metrics.add_metadata(key="clip_key", value=unquote_plus(obj["key"]))
     out = runtime.classify_service(metrics).handle(
         record["s3"]["bucket"]["name"], obj["key"], obj.get("versionId"), obj.get("size")
     )

@@ -6,6 +6,7 @@ One module decodes audio. Whatever the clip length, at most one block of the sou
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from collections.abc import Iterator
@@ -37,6 +38,12 @@ class AudioInfo:
     frames: int
     format: str
     subtype: str
+    # Frames the WAV header promises, when the file holds fewer (a recorder cut off mid-write).
+    declared_frames: int | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.declared_frames is not None and self.declared_frames > self.frames
 
     @property
     def duration_s(self) -> float:
@@ -101,6 +108,7 @@ Source = str | os.PathLike[str] | bytes | BinaryIO
 
 
 def _open(src: Source) -> sf.SoundFile:
+    head = _head(src)
     if isinstance(src, bytes):
         if not src:
             raise AudioError("empty object (0 bytes)")
@@ -110,14 +118,65 @@ def _open(src: Source) -> sf.SoundFile:
     try:
         return sf.SoundFile(src)
     except sf.LibsndfileError as exc:
-        raise AudioError(f"unreadable audio: {_libsndfile_reason(exc)}") from exc
+        reason = _libsndfile_reason(exc)
+        if "does not exist" in reason:
+            # libsndfile says this of bytes that start like an MPEG frame but hold none: the object exists,
+            # so that message would send ops looking for the wrong problem.
+            mpeg = head[:1] == b"\xff" and len(head) > 1 and head[1] & 0xE0 == 0xE0
+            reason = "Format not recognised" + (" (MPEG sync bytes but no decodable frame)" if mpeg else "")
+        raise AudioError(f"unreadable audio: {reason}") from exc
     except (RuntimeError, TypeError, ValueError) as exc:
         raise AudioError(f"unreadable audio: {exc}") from exc
 
 
+def _head(src: Source, n: int = 65536) -> bytes:
+    """The first bytes of a source (for header checks soundfile does not expose); b"" when unknown."""
+    if isinstance(src, bytes):
+        return src[:n]
+    if isinstance(src, str | os.PathLike):
+        with open(src, "rb") as f:
+            return f.read(n)
+    if src.seekable():
+        pos = src.tell()
+        data = src.read(n)
+        src.seek(pos)
+        return bytes(data)
+    return b""
+
+
+def _source_size(src: Source) -> int | None:
+    if isinstance(src, bytes):
+        return len(src)
+    if isinstance(src, str | os.PathLike):
+        return Path(src).stat().st_size
+    return None
+
+
+def _wav_declared_frames(head: bytes, size: int | None) -> int | None:
+    """Frames the RIFF/WAVE header's data chunk declares, when the file is shorter than that, else None.
+
+    libsndfile quietly reads what is there; a recorder that lost power mid-write leaves a header that
+    promises more. A data size of 0 or 0xFFFFFFFF is how streaming writers leave it unset: not a claim.
+    """
+    if size is None or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None
+    pos, block_align = 12, 0
+    while pos + 8 <= len(head):
+        cid, n = head[pos : pos + 4], int.from_bytes(head[pos + 4 : pos + 8], "little")
+        if cid == b"fmt " and pos + 22 <= len(head):
+            block_align = int.from_bytes(head[pos + 20 : pos + 22], "little")
+        if cid == b"data":
+            present = size - (pos + 8)
+            if n in (0, 0xFFFFFFFF) or n <= present or block_align <= 0:
+                return None
+            return n // block_align
+        pos += 8 + n + (n & 1)
+    return None
+
+
 def _libsndfile_reason(exc: Exception) -> str:
-    msg = getattr(exc, "error_string", None) or str(exc)
-    return str(msg).strip().rstrip(".")
+    msg = str(getattr(exc, "error_string", None) or exc).strip().rstrip(".")
+    return msg.removeprefix("Error : ")
 
 
 def probe(src: Source) -> AudioInfo:
@@ -147,6 +206,14 @@ def windows(
     """
     f = _open(src)
     info = _info(f)
+    if info.format in ("WAV", "WAVEX"):
+        declared = _wav_declared_frames(_head(src), _source_size(src))
+        if declared is not None:
+            info = dataclasses.replace(info, declared_frames=declared)
+            if info.frames == 0:
+                f.close()
+                promised = declared / max(info.sample_rate, 1)
+                raise AudioError(f"truncated: the header declares {promised:.1f} s of audio, the file holds none")
     if info.sample_rate <= 0:
         f.close()
         raise AudioError("header gives no sample rate")
@@ -177,12 +244,15 @@ def _iter_windows(
             try:
                 data = f.read(block, dtype="float32", always_2d=True)
             except sf.LibsndfileError as exc:
-                raise AudioError(f"corrupt audio data: {_libsndfile_reason(exc)}") from exc
+                raise AudioError(f"corrupt audio data after {f.tell() / f.samplerate:.1f} s: "
+                                 f"{_libsndfile_reason(exc)}") from exc
             done = len(data) < block
             mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
             if mono.size and not np.isfinite(mono).all():
-                bad = int(np.count_nonzero(~np.isfinite(mono)))
-                raise AudioError(f"{bad} non-finite samples (NaN/Inf) near {f.tell() / f.samplerate:.1f} s")
+                nonfinite = ~np.isfinite(mono)
+                first = f.tell() - len(mono) + int(np.argmax(nonfinite))  # where, not the end of the block
+                raise AudioError(f"{int(np.count_nonzero(nonfinite))} non-finite samples (NaN/Inf) from "
+                                 f"{first / f.samplerate:.1f} s")
             stats.update(mono)
             out = mono if resampler is None else resampler.resample_chunk(mono, last=done)
             buf = np.concatenate((buf, out)) if buf.size else np.asarray(out, dtype=np.float32)

@@ -36,4 +36,6 @@ def classify_source(
     flags = stats.flags()
     if wins.info.channels > 1:
         flags.append(f"mixed_{wins.info.channels}ch")
+    if wins.info.truncated:
+        flags.append("truncated")
     return ClipOutcome(wins.info, result, flags, stats.peak, stats.rms, time.perf_counter() - t0)

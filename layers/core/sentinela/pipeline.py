@@ -23,6 +23,8 @@ from .model import Model
 from .store import ClipRef, Store, clip_id_for, now_iso
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
+# Processed, but worth a look: recorded on the clip, tagged on the object, counted as ClipQuality_<flag>.
+QUALITY_FLAGS = ("silent", "dc_offset", "clipped", "truncated")
 
 
 @dataclass
@@ -52,6 +54,7 @@ class ClassifyService:
             ref = ClipRef(bucket, key, version_id, clip_id)
             return self._reject(ref, f"bad key: {exc}")
         ref = ClipRef(bucket, key, version_id, clip_id, ck.site_id, ck.device_id, ck.recorded_iso)
+        self._seen(ck.site_id, ck.device_id, key)
         if size is not None and size > self.max_bytes:
             return self._reject(ref, f"object is {size / 1e6:.1f} MB, over the {self.max_bytes / 1e6:.0f} MB cap")
         self.store.mark_processing(ref, now_iso())
@@ -94,7 +97,10 @@ class ClassifyService:
                            "reason": d.reason} for d in out.result.decisions],
             "peak": out.peak, "rms": out.rms, "processing_ms": round((time.perf_counter() - t0) * 1000),
         })
-        self._tag(ref, "processed", None, voice="human_voice" in alerts)
+        quality = [f for f in notes if f in QUALITY_FLAGS]
+        self._tag(ref, "processed", None, voice="human_voice" in alerts, quality=quality)
+        for flag in quality:
+            self.metrics.add_metric(f"ClipQuality_{flag}", "Count", 1)
         self.metrics.add_metric("ClipsProcessed", "Count", 1)
         self.metrics.add_metric("AudioSeconds", "Seconds", out.info.duration_s)
         self.metrics.add_metric("ProcessingLatency", "Milliseconds", (time.perf_counter() - t0) * 1000)
@@ -109,13 +115,24 @@ class ClassifyService:
         self.metrics.add_metric("ClipsRejected", "Count", 1)
         return Outcome(ref.clip_id, "rejected", reason)
 
-    def _tag(self, ref: ClipRef, status: str, reason: str | None, voice: bool = False) -> None:
+    def _seen(self, site_id: str, device_id: str, key: str) -> None:
+        """The device's last upload, for the silence alarm. Any upload with a valid key counts, broken or
+        not: a recorder sending broken files is not silent. Never costs the clip its processing."""
+        try:
+            self.store.mark_device_seen(site_id, device_id, now_iso(), key)
+        except ClientError:
+            self.metrics.add_metric("DeviceSeenFailed", "Count", 1)
+
+    def _tag(self, ref: ClipRef, status: str, reason: str | None, voice: bool = False,
+             quality: list[str] | None = None) -> None:
         """Tags let ops find a clip's fate from the bucket itself; a failed tag never fails the clip."""
         tags = [{"Key": "sentinela-status", "Value": status}]
         if reason:
             tags.append({"Key": "sentinela-reason", "Value": _TAG_SAFE.sub("_", reason)[:256]})
         if voice:
             tags.append({"Key": "sentinela-retention", "Value": "voice"})
+        if quality:
+            tags.append({"Key": "sentinela-quality", "Value": " ".join(quality)})
         kw: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key, "Tagging": {"TagSet": tags}}
         if ref.version_id and ref.version_id != "null":
             kw["VersionId"] = ref.version_id
