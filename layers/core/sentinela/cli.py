@@ -77,7 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 2
     audio = Path(args.audio) if args.audio else (DEFAULT_AUDIO if DEFAULT_AUDIO.is_dir() else None)
     run_demo(audio, Path(args.json) if args.json else None, card=card,
-             roster=Path(args.roster) if args.roster else None)
+             roster=Path(args.roster) if args.roster else None, via_uploader=args.via_uploader)
     return 0
 
 
@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", help="write the summary as JSON to this file")
     d.add_argument("--card", help="model card (default models/card.json)")
     d.add_argument("--roster", help="sites and rangers file (default config/demo-roster.yaml)")
+    d.add_argument("--via-uploader", action="store_true",
+                   help="send the clips as recorders do: registered devices, `sentinela upload`, presign over HTTP")
     d.set_defaults(fn=cmd_demo)
 
     c = sub.add_parser("classify", help="classify local audio files, no cloud")

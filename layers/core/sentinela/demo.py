@@ -27,7 +27,7 @@ def find_audio(folder: Path) -> list[Path]:
 
 
 def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None,
-             roster: Path | None = None, out: Any = print) -> dict[str, Any]:
+             roster: Path | None = None, out: Any = print, via_uploader: bool = False) -> dict[str, Any]:
     files = find_audio(audio) if audio and audio.is_dir() else []
     if not files:
         where = audio or "(none given)"
@@ -47,7 +47,9 @@ def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None
         stack.start_background()
         base = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=len(files) // 60 + 1)
         keys: dict[str, Path] = {}
-        for i, f in enumerate(files):
+        if via_uploader:
+            keys = _upload_via_uploader(stack, store, files, base, out)
+        for i, f in enumerate([] if via_uploader else files):
             key, _ = stack.upload(f, SITE, DEVICES[i % len(DEVICES)], base + dt.timedelta(seconds=60 * i),
                                   ext=f.suffix.lower().lstrip("."))
             keys[key] = f
@@ -60,6 +62,42 @@ def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None
         return _summarise(stack, store, keys, audio, time.perf_counter() - t0, json_out, out)
     finally:
         stack.stop()
+
+
+def _upload_via_uploader(stack: LocalStack, store: Store, files: list[Path], base: dt.datetime,
+                         out: Any) -> dict[str, Path]:
+    """The recorder path: register each device, lay its files out as a recorder would (named by their
+    UTC time), and let `sentinela upload`'s uploader send them through the presign endpoint over HTTP."""
+    import shutil
+    import tempfile
+
+    from .devices import add_device
+    from .uploader import Uploader
+
+    keys: dict[str, Path] = {}
+    saved = 0
+    problems: list[str] = []
+    log = REPO / "out" / "demo-handlers.log"  # the handlers' metrics lines, as during classification
+    with tempfile.TemporaryDirectory(prefix="sentinela-recorders-") as tmp, _stderr_to(log):
+        for d, device in enumerate(DEVICES):
+            folder = Path(tmp) / device
+            folder.mkdir()
+            originals: dict[str, Path] = {}
+            for i in range(d, len(files), len(DEVICES)):
+                name = (base + dt.timedelta(seconds=60 * i)).strftime("%Y%m%dT%H%M%SZ") + files[i].suffix.lower()
+                shutil.copyfile(files[i], folder / name)
+                originals[name] = files[i]
+            up = Uploader(folder, stack.uploads_url, SITE, device, add_device(store, SITE, device, 600))
+            up.scan()
+            report = up.run_pass()
+            saved += report.bytes_saved
+            keys.update({r.key: originals[r.name] for r in report.results if r.key and r.outcome == "sent"})
+            problems += [up.describe(r) for r in report.results if r.outcome not in ("sent", "duplicate")]
+    for p in problems:
+        out(f"  {p}")
+    out(f"the uploader sent {len(keys)} of {len(files)} files through {stack.uploads_url} "
+        f"(FLAC saved {saved} bytes)")
+    return keys
 
 
 @contextlib.contextmanager
