@@ -120,6 +120,15 @@ class LocalStack:
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         self._server.start()
         self.endpoint = f"http://127.0.0.1:{port}"
+        # moto's backends are process-wide and outlive a stopped server: a second stack in the same process
+        # (the next test module) must not meet the last one's tables.
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST"), timeout=10)
+        # Powertools keeps its parameter providers (and their boto3 clients, bound to the last endpoint).
+        from aws_lambda_powertools.utilities.parameters import base as _pt_parameters
+
+        _pt_parameters.DEFAULT_PROVIDERS.clear()
         self.twilio.start()
         self.tpl = load_template(self.template_path)
         self._env_base()
