@@ -20,6 +20,12 @@ def _clip(store: Store, key: str) -> dict:
     return clips[0]
 
 
+def _sends(store: Store, clip: dict) -> list[dict]:
+    """SMS items live under the incident the clip's alert opened (sentinela.incidents), not the clip."""
+    (alert,) = store.alerts(clip["clip_id"])
+    return store.sends(f"INC#{alert['incident_id']}")
+
+
 def _outbox(stack: LocalStack, *numbers: str) -> list[str]:
     return [m.to for m in stack.twilio.outbox if m.to in numbers]
 
@@ -38,7 +44,7 @@ def test_upload_becomes_clip_detections_alert_and_sms(stack: LocalStack, store: 
     assert sorted(_outbox(stack, "+56900000101", "+15005550101")) == ["+15005550101", "+56900000101"]
     es = next(m.body for m in stack.twilio.outbox if m.to == "+56900000101")
     assert "DISPARO" in es and "Sitio site-a" in es
-    sends = store.sends(f"CLIP#{clip['clip_id']}")
+    sends = _sends(store, clip)
     assert {s["status"] for s in sends} == {"sent"} and all(s["sid"].startswith("SM") for s in sends)
     tags = stack.client("s3").get_object_tagging(Bucket=stack.names["ClipsBucket"], Key=key, VersionId=version)
     assert {"Key": "sentinela-status", "Value": "processed"} in tags["TagSet"]
@@ -101,7 +107,7 @@ def test_twilio_failure_is_retried_without_texting_twice(stack: LocalStack, stor
     stack.run_until_idle()
     assert _outbox(stack, "+56900000105", "+15005550105") == ["+56900000105", "+15005550105"]
     clip = _clip(store, key)
-    sends = {s["ranger_id"]: s for s in store.sends(f"CLIP#{clip['clip_id']}")}
+    sends = {s["ranger_id"]: s for s in _sends(store, clip)}
     assert sends["ana"]["status"] == "sent" and sends["ana"]["attempts"] == 1
     assert sends["tom"]["status"] == "sent" and sends["tom"]["attempts"] == 2  # one stream redelivery
 
@@ -113,7 +119,7 @@ def test_twilio_outage_dead_letters_after_the_retry_limit(stack: LocalStack, sto
     stack.run_until_idle()
     assert _outbox(stack, "+56900000106") == []
     clip = _clip(store, key)
-    (send,) = store.sends(f"CLIP#{clip['clip_id']}")
+    (send,) = _sends(store, clip)
     assert send["status"] == "failed_retry" and send["error_code"] == 20500
     assert send["attempts"] == 1 + int(stack.stream["MaximumRetryAttempts"])
     dlq = [d for d in stack.dead_letters("NotifyDLQ")
@@ -129,7 +135,7 @@ def test_permanent_twilio_error_is_recorded_not_retried(stack: LocalStack, store
     key, _ = stack.upload(encode(impulse()), "site-h", "rec-1")
     stack.run_until_idle()
     clip = _clip(store, key)
-    (send,) = store.sends(f"CLIP#{clip['clip_id']}")
+    (send,) = _sends(store, clip)
     assert send["status"] == "failed_permanent" and send["error_code"] == 21211
     assert stack.twilio.attempts - attempts0 == 1
     stack.twilio.clear()

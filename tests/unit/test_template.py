@@ -589,6 +589,9 @@ def test_parameters_and_outputs(tpl: dict[str, Any]) -> None:
         "NotifyFunctionName",
         "UploadsEndpoint",
         "PresignFunctionName",
+        "SmsReplyWebhook",
+        "SmsReplyFunctionName",
+        "EscalateFunctionName",
     }
 
 
@@ -615,3 +618,37 @@ def test_loader_reads_short_form_intrinsics_without_touching_yaml_safeloader() -
     assert p["Version"] == "2012-10-17"
     with pytest.raises(yaml.YAMLError):
         yaml.safe_load("a: !Ref B")
+
+
+# ------------------------------------------------------------------ incidents: sms_reply and escalate
+
+
+def test_sms_reply_behind_its_http_api_with_least_privilege(tpl: dict[str, Any], translated: dict[str, Any]) -> None:
+    p = props(tpl, "SmsReplyFunction")
+    assert (p["CodeUri"], p["Handler"], p["Role"]) == ("functions/sms_reply/", "app.handler",
+                                                       {"Fn::GetAtt": ["SmsReplyRole", "Arn"]})
+    routes = {(e["Properties"]["Method"], e["Properties"]["Path"]) for e in p["Events"].values()}
+    assert routes == {("POST", "/sms/reply"), ("POST", "/sms/status")}
+    assert all(e["Type"] == "HttpApi" and e["Properties"]["ApiId"] == {"Ref": "SmsApi"} for e in p["Events"].values())
+    assert res(tpl, "SmsApi")["Type"] == "AWS::Serverless::HttpApi"
+    assert _resources_for(translated, "SmsReplyRole", "secretsmanager:GetSecretValue") == [{"Ref": "TwilioSecret"}]
+    data = [{"Fn::GetAtt": ["DataTable", "Arn"]}, {"Fn::Sub": "${DataTable.Arn}/index/*"}]
+    for action in ("GetItem", "UpdateItem", "Query"):
+        assert _resources_for(translated, "SmsReplyRole", f"dynamodb:{action}") == data, action
+    for action in ("dynamodb:PutItem", "dynamodb:DeleteItem", "s3:GetObject", "sqs:SendMessage"):
+        assert _resources_for(translated, "SmsReplyRole", action) == [], action
+    assert props(tpl, "SmsReplyLogGroup")["LogGroupName"] == {"Fn::Sub": "/aws/lambda/${AWS::StackName}-sms_reply"}
+
+
+def test_escalate_runs_every_minute_with_least_privilege(tpl: dict[str, Any], translated: dict[str, Any]) -> None:
+    p = props(tpl, "EscalateFunction")
+    (event,) = p["Events"].values()
+    assert event["Type"] == "Schedule" and event["Properties"]["Schedule"] == "rate(1 minute)"
+    assert p["Role"] == {"Fn::GetAtt": ["EscalateRole", "Arn"]}
+    assert _resources_for(translated, "EscalateRole", "secretsmanager:GetSecretValue") == [{"Ref": "TwilioSecret"}]
+    for action in ("GetItem", "PutItem", "UpdateItem", "Query"):
+        assert {"Fn::GetAtt": ["DataTable", "Arn"]} in _resources_for(translated, "EscalateRole", f"dynamodb:{action}")
+    assert _resources_for(translated, "EscalateRole", "s3:GetObject") == []
+    for fn in ("NotifyFunction", "EscalateFunction"):
+        cb = props(tpl, fn)["Environment"]["Variables"]["STATUS_CALLBACK_URL"]["Fn::Sub"]
+        assert cb.startswith("https://${SmsApi}.execute-api.") and cb.endswith("/sms/status"), fn

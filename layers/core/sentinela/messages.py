@@ -69,3 +69,102 @@ def render_alert(alert: dict[str, Any], site: dict[str, Any] | None, lang: str, 
     if seg.segments > 2:  # a very long site name: drop the map link before anything a ranger needs
         text = text.replace(map_link(site), "")
     return text
+
+
+# --- incidents: updates, escalations, replies (sentinela.incidents) ---------------------------------
+# The same rules as above: GSM-7 only (no á í ó ú in the templates: "numero", "ultima"), at most two
+# segments; names from data go through gsm_safe. Audio links go in a message of their own (see
+# render_audio_link), never in these.
+
+UPDATE_TEMPLATES = {
+    "es": ("SENTINELA {ref}: se sigue oyendo {threat} en {site}: {n} detecciones, ultima {time} hora local, "
+           "max {conf}%. Responda 1=voy 2=falsa alarma"),
+    "en": ("SENTINELA {ref}: still hearing {threat} at {site}: {n} detections, last {time} local time, "
+           "max {conf}%. Reply 1=on my way 2=false alarm"),
+}
+
+ESCALATION_TEMPLATES = {
+    "es": ("SENTINELA {ref}: SIN RESPUESTA tras {minutes} min. {threat} {conf}% en {site}, desde {time} "
+           "hora local. {map}Responda 1=voy 2=falsa alarma"),
+    "en": ("SENTINELA {ref}: NO ANSWER after {minutes} min. {threat} {conf}% at {site}, since {time} "
+           "local time. {map}Reply 1=on my way 2=false alarm"),
+}
+
+REPLY_TEMPLATES = {
+    "es": {
+        "acknowledged": "Gracias {name}. Incidente {ref} confirmado: vas en camino. Responda 3=resuelto "
+                        "2=falsa alarma",
+        "already": "Incidente {ref} ya fue confirmado por {name}. Responda 3=resuelto 2=falsa alarma",
+        "false_alarm": "Incidente {ref} cerrado como falsa alarma. Gracias: el audio queda marcado para "
+                       "mejorar el modelo.",
+        "resolved": "Incidente {ref} resuelto. Gracias {name}.",
+        "help": "Sentinela, incidente {ref}: responda 1=voy 2=falsa alarma 3=resuelto",
+        "no_incident": "Sentinela: no hay incidentes abiertos para este numero.",
+        "unknown_number": "Sentinela: este numero no esta registrado.",
+    },
+    "en": {
+        "acknowledged": "Thanks {name}. Incident {ref} acknowledged: you are on your way. Reply 3=resolved "
+                        "2=false alarm",
+        "already": "Incident {ref} was already acknowledged by {name}. Reply 3=resolved 2=false alarm",
+        "false_alarm": "Incident {ref} closed as a false alarm. Thanks: the audio is labelled to improve "
+                       "the model.",
+        "resolved": "Incident {ref} resolved. Thanks {name}.",
+        "help": "Sentinela, incident {ref}: reply 1=on my way 2=false alarm 3=resolved",
+        "no_incident": "Sentinela: no open incident for this number.",
+        "unknown_number": "Sentinela: this number is not registered.",
+    },
+}
+
+AUDIO_TEMPLATES = {
+    "es": "SENTINELA {ref}: audio ({minutes} min): {url}",
+    "en": "SENTINELA {ref}: audio ({minutes} min): {url}",
+}
+
+
+def _lang(lang: str) -> str:
+    return lang if lang in LANGS else "es"
+
+
+def _fit(text: str, site: dict[str, Any] | None) -> str:
+    if segments(text).segments > 2:  # a very long site name: the map link goes first
+        text = text.replace(map_link(site), "")
+    return text
+
+
+def render_update(incident: dict[str, Any], alert: dict[str, Any], site: dict[str, Any] | None,
+                  lang: str) -> str:
+    lang = _lang(lang)
+    name = (site or {}).get("name") or incident.get("site_id") or "?"
+    heard = str(alert.get("recorded_at") or incident.get("last_heard") or "")[:19] + "Z"
+    text = UPDATE_TEMPLATES[lang].format(
+        ref=incident["ref"], threat=THREAT_WORDS[lang].get(alert["threat"], str(alert["threat"]).upper()),
+        site=gsm_safe(str(name))[:40], n=int(incident.get("alerts", 1)),
+        time=local_time(heard, (site or {}).get("tz")),
+        conf=round(max(float(incident.get("max_confidence", 0)), float(alert.get("confidence", 0))) * 100),
+    )
+    return _fit(text, site)
+
+
+def render_escalation(incident: dict[str, Any], site: dict[str, Any] | None, lang: str, minutes: int) -> str:
+    lang = _lang(lang)
+    name = (site or {}).get("name") or incident.get("site_id") or "?"
+    text = ESCALATION_TEMPLATES[lang].format(
+        ref=incident["ref"], minutes=max(int(minutes), 0),
+        threat=THREAT_WORDS[lang].get(str(incident["threat"]), str(incident["threat"]).upper()),
+        conf=round(float(incident.get("max_confidence", incident.get("confidence", 0))) * 100),
+        site=gsm_safe(str(name))[:40],
+        time=local_time(str(incident["first_heard"])[:19] + "Z", (site or {}).get("tz")),
+        map=map_link(site),
+    )
+    return _fit(text, site)
+
+
+def render_reply(kind: str, lang: str, ref: str = "", name: str = "") -> str:
+    return gsm_safe(REPLY_TEMPLATES[_lang(lang)][kind].format(ref=ref, name=name.split(" ")[0] or "")).replace(
+        " .", ".")
+
+
+def render_audio_link(ref: str, url: str, lang: str, minutes: int = 60) -> str:
+    """Its own message: a presigned URL runs to hundreds of characters (over a thousand with the session
+    token of a Lambda role), more than the alert's two-segment budget. It is plain ASCII (GSM-7)."""
+    return AUDIO_TEMPLATES[_lang(lang)].format(ref=ref, url=url, minutes=minutes)

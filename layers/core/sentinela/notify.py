@@ -1,4 +1,5 @@
-"""Alert record -> on-call rangers -> one SMS each, idempotent per (alert, ranger, step)."""
+"""Alert record -> the site's incident (sentinela.incidents) -> SMS, idempotent per (incident, ranger, step);
+here: the send with its bounded retries."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .messages import render_alert
 from .metrics import MetricSink, NullMetrics
-from .sms import SmsError, SmsGateway, mask_phone
+from .sms import SmsError, SmsGateway
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -26,69 +26,33 @@ class NotifyResult:
     sent: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
-
-
-def alert_ref(alert: dict[str, Any]) -> str:
-    """A short reference a ranger can read out on the radio."""
-    import hashlib
-
-    return hashlib.sha1(f"{alert['clip_id']}|{alert['threat']}".encode()).hexdigest()[:6].upper()
-
-
-def on_call(rangers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rangers if r.get("on_call", True) and not r.get("number_invalid")]
+    retry: bool = False  # a failure that may succeed later: the stream record is retried
 
 
 class NotifyService:
     def __init__(self, store: Store, gateway: Callable[[], SmsGateway], *, metrics: MetricSink | None = None,
-                 attempts: int = 3, backoff_s: float = 0.5) -> None:
+                 attempts: int = 3, backoff_s: float = 0.5, policy: dict[str, Any] | None = None,
+                 status_callback: str | None = None, presign: Callable[[Any], str] | None = None,
+                 link_minutes: int = 60) -> None:
         self.store = store
         self._gateway = gateway
         self.metrics: MetricSink = metrics or NullMetrics()
         self.attempts, self.backoff_s = attempts, backoff_s
+        self.policy, self.status_callback = policy, status_callback
+        self.presign, self.link_minutes = presign, link_minutes
 
     def handle_alert(self, alert: dict[str, Any]) -> NotifyResult:
-        res = NotifyResult()
-        if alert.get("alert") is not True:
-            return res  # the stream filter should not have let it through; re-checked on purpose
-        site = self.store.get_site(alert["site_id"])
-        rangers = on_call(self.store.rangers(alert["site_id"]))
-        pk = f"CLIP#{alert['clip_id']}"
-        if not rangers:
-            self.metrics.add_metric("AlertsWithoutRanger", "Count", 1)
-            log.warning("no on-call ranger for site %s", alert["site_id"])
-            return res
-        ref = alert_ref(alert)
-        retry = False
-        for r in rangers:
-            body = render_alert(alert, site, r.get("lang", "es"), ref)
-            record = {"to": r["phone"], "body": body, "ranger_id": r["ranger_id"], "threat": alert["threat"],
-                      "site_id": alert["site_id"], "ref": ref}
-            if not self.store.claim_send(pk, r["ranger_id"], alert["threat"], record):
-                res.skipped.append(r["ranger_id"])
-                continue
-            try:
-                sent = self._send(r["phone"], body)
-            except SmsError as exc:
-                status = "failed_permanent" if exc.permanent else "failed_retry"
-                self.store.record_send(pk, r["ranger_id"], alert["threat"],
-                                       {"status": status, "error_code": exc.code, "error": str(exc)})
-                self.metrics.add_metric("SmsFailed", "Count", 1)
-                log.warning("SMS to %s failed: %s", mask_phone(r["phone"]), exc)
-                res.failed.append(r["ranger_id"])
-                retry = retry or exc.retryable
-                continue
-            self.store.record_send(pk, r["ranger_id"], alert["threat"], {"status": "sent", "sid": sent.sid})
-            self.metrics.add_metric("SmsSent", "Count", 1)
-            res.sent.append(r["ranger_id"])
-        if retry:
-            raise RetryLater(f"{len(res.failed)} send(s) failed and may succeed later")
-        return res
+        """Policy, then the site's incident: only an incident's opening texts (sentinela.incidents)."""
+        from .incidents import IncidentService
 
-    def _send(self, to: str, body: str) -> Any:
+        return IncidentService(self.store, self._send, metrics=self.metrics, policy=self.policy,
+                               status_callback=self.status_callback, presign=self.presign,
+                               link_minutes=self.link_minutes).on_alert(alert)
+
+    def _send(self, to: str, body: str, status_callback: str | None = None) -> Any:
         for attempt in range(1, self.attempts + 1):
             try:
-                return self._gateway().send(to, body)
+                return self._gateway().send(to, body, status_callback)
             except SmsError as exc:
                 if exc.permanent or attempt == self.attempts:
                     raise

@@ -17,9 +17,11 @@ from .store import Store
 # Each function's layers carry only what it uses (classify: numpy/onnxruntime; notify: twilio), so
 # the heavy modules are imported where they are needed, not here.
 if TYPE_CHECKING:
+    from .incidents import IncidentService
     from .model import Model
     from .notify import NotifyService
     from .pipeline import ClassifyService
+    from .presign import PresignService
     from .sms import SmsGateway
 
 
@@ -76,7 +78,46 @@ def notify_service(metrics: MetricSink | None = None) -> NotifyService:
     from .notify import NotifyService
 
     s = settings()
-    return NotifyService(store(), _gateway, metrics=metrics, attempts=s.sms_attempts, backoff_s=s.sms_backoff_s)
+    return NotifyService(store(), _gateway, metrics=metrics, attempts=s.sms_attempts, backoff_s=s.sms_backoff_s,
+                         **_incident_options())
+
+
+# --- incidents, escalation and SMS replies (sentinela.incidents) ------------------------------------
+def _incident_options() -> dict[str, Any]:
+    """STATUS_CALLBACK_URL (Twilio delivery reports; unset: none), SMS_AUDIO_LINKS=1 (a presigned clip link
+    in an SMS of its own; default off), AUDIO_LINK_MINUTES (default 60), POLICY_FILE (sentinela.policy)."""
+    import os
+
+    env = os.environ
+    minutes = int(env.get("AUDIO_LINK_MINUTES", "60"))
+    presign = None
+    if env.get("SMS_AUDIO_LINKS", "0").lower() in ("1", "true", "yes"):
+        def presign(alert: Any) -> str:
+            params = {"Bucket": alert["bucket"], "Key": alert["key"]}
+            if alert.get("version_id"):
+                params["VersionId"] = alert["version_id"]
+            return str(s3().generate_presigned_url("get_object", Params=params, ExpiresIn=minutes * 60))
+    return {"status_callback": env.get("STATUS_CALLBACK_URL") or None, "presign": presign, "link_minutes": minutes}
+
+
+def incident_service(metrics: MetricSink | None = None) -> IncidentService:
+    """The escalation sweep and the SMS replies; sends go through NotifyService (bounded retries)."""
+    from .incidents import IncidentService
+
+    notifier = notify_service(metrics)
+    opts = _incident_options()
+    return IncidentService(store(), notifier._send, metrics=metrics, status_callback=opts["status_callback"])
+
+
+def twilio_auth_token() -> str:
+    """For X-Twilio-Signature: the auth token from the Twilio secret (cached by Powertools)."""
+    from aws_lambda_powertools.utilities import parameters
+
+    s = settings()
+    if not s.twilio_secret:
+        raise RuntimeError("TWILIO_SECRET_ARN is not set")
+    secret: Any = parameters.get_secret(s.twilio_secret, transform="json", max_age=300)
+    return str(secret["auth_token"])
 
 
 # --- presign (recorder uploads) -----------------------------------------------------------------

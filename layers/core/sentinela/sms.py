@@ -109,3 +109,30 @@ class SmsGateway:
         except Exception as exc:  # connection errors, timeouts: the send may be retried
             raise SmsError(f"Twilio unreachable: {type(exc).__name__}: {exc}", None, None) from exc
         return Sent(sid=str(msg.sid), status=str(msg.status))
+
+
+# --- inbound webhooks (SMS replies, delivery status callbacks: functions/sms_reply) -----------------
+def valid_signature(auth_token: str, url: str, params: dict[str, str], signature: str | None) -> bool:
+    """Twilio signs every webhook with the account's auth token over the exact URL it called and the
+    POSTed form fields; anything else (a forged or replayed-elsewhere request) fails here."""
+    from twilio.request_validator import RequestValidator
+
+    if not signature:
+        return False
+    return bool(RequestValidator(auth_token).validate(url, params, signature))
+
+
+def sign_request(auth_token: str, url: str, params: dict[str, str]) -> str:
+    """The X-Twilio-Signature Twilio would send (the local stack and tests play Twilio with it)."""
+    from twilio.request_validator import RequestValidator
+
+    return str(RequestValidator(auth_token).compute_signature(url, params))
+
+
+def twiml_message(text: str) -> str:
+    """A TwiML answer that texts ``text`` back to the sender."""
+    from twilio.twiml.messaging_response import MessagingResponse
+
+    resp = MessagingResponse()
+    resp.message(text)
+    return str(resp)

@@ -156,6 +156,8 @@ class Store:
         rid = ranger["ranger_id"]
         self.table.put_item(Item=to_ddb(dict(ranger) | {
             "pk": f"SITE#{site_id}", "sk": f"RANGER#{rid}", "type": "ranger", "site_id": site_id,
+            # By phone number: an SMS reply names only its sender (sentinela.incidents).
+            "gsi1pk": f"PHONE#{ranger['phone']}", "gsi1sk": f"SITE#{site_id}#{rid}",
         }))
 
     def rangers(self, site_id: str) -> list[dict[str, Any]]:
@@ -316,6 +318,217 @@ class Store:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 return False
             raise
+
+    # --- incidents, replies and escalation (alerts rangers trust: sentinela.incidents) ------------
+    # incident   pk INC#<id>  sk INCIDENT      state, counters, who/when; gsi1 ESCALATE/<due>#<id> while open
+    # member     pk INC#<id>  sk MEMBER#<clip>#<threat>      one per alert that joined (or opened) it
+    # link       pk CLIP#<clip> sk INCIDENT#<threat>         which incident an alert went to (redelivery)
+    # open slot  pk SITE#<site> sk OPEN#<group>              the site's current incident for that group
+    # SMS items of an incident live under its pk, with gsi1 TO#<phone>/<time>#<id> (replies find them).
+    def _transact(self, items: list[dict[str, Any]]) -> list[str] | None:
+        """Write all or nothing; None on success, else the cancellation code of each item."""
+        try:
+            self.table.meta.client.transact_write_items(TransactItems=items)
+            return None
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            return [str(r.get("Code", "None")) for r in exc.response.get("CancellationReasons", [])]
+
+    def open_slot(self, site_id: str, group: str) -> dict[str, Any] | None:
+        key = {"pk": f"SITE#{site_id}", "sk": f"OPEN#{group}"}
+        item = self.table.get_item(Key=key, ConsistentRead=True).get("Item")
+        return from_ddb(item) if item else None
+
+    def get_incident(self, incident_id: str) -> dict[str, Any] | None:
+        item = self.table.get_item(Key={"pk": f"INC#{incident_id}", "sk": "INCIDENT"}, ConsistentRead=True).get("Item")
+        return from_ddb(item) if item else None
+
+    def incident_link(self, clip_id: str, threat: str) -> dict[str, Any] | None:
+        key = {"pk": f"CLIP#{clip_id}", "sk": f"INCIDENT#{threat}"}
+        item = self.table.get_item(Key=key, ConsistentRead=True).get("Item")
+        return from_ddb(item) if item else None
+
+    def _member_items(self, incident_id: str, alert: Mapping[str, Any], role: str) -> list[dict[str, Any]]:
+        clip_id, threat, name = alert["clip_id"], alert["threat"], self.table.name
+        common = {"incident_id": incident_id, "clip_id": clip_id, "threat": threat, "role": role,
+                  "recorded_at": alert.get("recorded_at"), "confidence": alert.get("confidence"),
+                  "device_id": alert.get("device_id"), "created_at": now_iso()}
+        return [
+            {"Put": {"TableName": name, "ConditionExpression": "attribute_not_exists(pk)", "Item": to_ddb(
+                common | {"pk": f"CLIP#{clip_id}", "sk": f"INCIDENT#{threat}", "type": "incident_link"})}},
+            {"Put": {"TableName": name, "ConditionExpression": "attribute_not_exists(pk)", "Item": to_ddb(
+                common | {"pk": f"INC#{incident_id}", "sk": f"MEMBER#{clip_id}#{threat}", "type": "incident_member"})}},
+        ]
+
+    def create_incident(self, incident: Mapping[str, Any], alert: Mapping[str, Any], replaces: str | None) -> str:
+        """Open an incident and take the site's slot for its group, in one transaction: the slot must still
+        be empty (or still hold ``replaces``, the stale incident the caller saw). Returns "opened", "taken"
+        (another alert opened one first: join that) or "linked" (this alert already went to an incident)."""
+        iid, name = incident["incident_id"], self.table.name
+        cond = "attribute_not_exists(pk)" if replaces is None else "incident_id = :prev"
+        slot: dict[str, Any] = {"TableName": name, "ConditionExpression": cond, "Item": to_ddb({
+            "pk": f"SITE#{incident['site_id']}", "sk": f"OPEN#{incident['group']}", "type": "incident_slot",
+            "incident_id": iid, "updated_at": now_iso()})}
+        if replaces is not None:
+            slot["ExpressionAttributeValues"] = {":prev": replaces}
+        codes = self._transact([
+            *self._member_items(iid, alert, "opened"),
+            {"Put": slot},
+            {"Put": {"TableName": name, "ConditionExpression": "attribute_not_exists(pk)",
+                     "Item": to_ddb(dict(incident) | {"pk": f"INC#{iid}", "sk": "INCIDENT", "type": "incident"})}},
+        ])
+        if codes is None:
+            return "opened"
+        return "linked" if codes[0] == "ConditionalCheckFailed" else "taken"
+
+    def join_incident(self, incident_id: str, alert: Mapping[str, Any], heard_at: str) -> str:
+        """Add an alert to an active incident (open or acknowledged). Returns "joined", "linked" (this alert
+        had joined before: a redelivery) or "closed" (the incident is no longer active)."""
+        codes = self._transact([
+            *self._member_items(incident_id, alert, "joined"),
+            {"Update": {"TableName": self.table.name, "Key": {"pk": f"INC#{incident_id}", "sk": "INCIDENT"},
+                        "UpdateExpression": "ADD alerts :one SET updated_at = :u",
+                        "ConditionExpression": "#s IN (:open, :ack)",
+                        "ExpressionAttributeNames": {"#s": "state"},
+                        "ExpressionAttributeValues": {":one": 1, ":u": now_iso(), ":open": "open",
+                                                      ":ack": "acknowledged"}}},
+        ])
+        if codes is None:
+            for attr, value in (("last_heard", heard_at), ("max_confidence", to_ddb(float(alert["confidence"])))):
+                self._raise_to(incident_id, attr, value)
+            return "joined"
+        return "linked" if codes[0] == "ConditionalCheckFailed" else "closed"
+
+    def _raise_to(self, incident_id: str, attr: str, value: Any) -> None:
+        """Set ``attr`` to ``value`` only if that raises it (clips may land out of order)."""
+        try:
+            self.table.update_item(Key={"pk": f"INC#{incident_id}", "sk": "INCIDENT"},
+                                   UpdateExpression="SET #a = :v", ConditionExpression="#a < :v",
+                                   ExpressionAttributeNames={"#a": attr}, ExpressionAttributeValues={":v": value})
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+
+    def update_incident(self, incident_id: str, fields: Mapping[str, Any], *, remove: Iterable[str] = (),
+                        expect: Mapping[str, Any] | None = None, append_trace: Iterable[str] = ()) -> bool:
+        """Conditional update: ``expect`` maps attribute -> required value (a tuple: any of). False when
+        the condition failed (someone else changed the incident first)."""
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {":u": now_iso()}
+        sets = ["updated_at = :u"]
+        for i, (k, v) in enumerate(fields.items()):
+            names[f"#f{i}"] = k
+            values[f":f{i}"] = to_ddb(v)
+            sets.append(f"#f{i} = :f{i}")
+        trace = list(append_trace)
+        if trace:
+            names["#tr"] = "trace"
+            values[":tr"], values[":empty"] = trace, []
+            sets.append("#tr = list_append(if_not_exists(#tr, :empty), :tr)")
+        expr = "SET " + ", ".join(sets)
+        rem = list(remove)
+        if rem:
+            for i, k in enumerate(rem):
+                names[f"#r{i}"] = k
+            expr += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(rem)))
+        conds = ["attribute_exists(pk)"]
+        for i, (k, v) in enumerate((expect or {}).items()):
+            names[f"#c{i}"] = k
+            if isinstance(v, tuple):
+                for j, one in enumerate(v):
+                    values[f":c{i}_{j}"] = to_ddb(one)
+                conds.append(f"#c{i} IN ({', '.join(f':c{i}_{j}' for j in range(len(v)))})")
+            elif v is None:
+                conds.append(f"attribute_not_exists(#c{i})")
+            else:
+                values[f":c{i}"] = to_ddb(v)
+                conds.append(f"#c{i} = :c{i}")
+        try:
+            self.table.update_item(Key={"pk": f"INC#{incident_id}", "sk": "INCIDENT"}, UpdateExpression=expr,
+                                   ConditionExpression=" AND ".join(conds), ExpressionAttributeNames=names,
+                                   ExpressionAttributeValues=values)
+            return True
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+
+    def incident_members(self, incident_id: str) -> list[dict[str, Any]]:
+        return self._query_pk(f"INC#{incident_id}", "MEMBER#")
+
+    def incidents_due(self, now: str) -> list[dict[str, Any]]:
+        """Open incidents whose escalation time has come (the sparse ESCALATE index entries)."""
+        cond = Key("gsi1pk").eq("ESCALATE") & Key("gsi1sk").lte(f"{now}~")
+        out: list[dict[str, Any]] = []
+        kw: dict[str, Any] = {"IndexName": "gsi1", "KeyConditionExpression": cond}
+        while True:
+            page = self.table.query(**kw)
+            out.extend(from_ddb(i) for i in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return out
+            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def alerts_between(self, site_id: str, start: str, end: str) -> list[dict[str, Any]]:
+        """The site's alert items recorded in [start, end] (UTC ISO), via gsi1 SITE#<site> / ALERT#<time>."""
+        cond = Key("gsi1pk").eq(f"SITE#{site_id}") & Key("gsi1sk").between(f"ALERT#{start}", f"ALERT#{end}~")
+        out: list[dict[str, Any]] = []
+        kw: dict[str, Any] = {"IndexName": "gsi1", "KeyConditionExpression": cond}
+        while True:
+            page = self.table.query(**kw)
+            out.extend(from_ddb(i) for i in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return out
+            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def annotate_alert(self, clip_id: str, threat: str, fields: Mapping[str, Any]) -> None:
+        """The decision trace and outcome on the alert item (an update: a stream MODIFY, which the notify
+        filter does not pass)."""
+        names = {f"#{k}": k for k in fields}
+        values = {f":{k}": to_ddb(v) for k, v in fields.items()}
+        self.table.update_item(Key={"pk": f"CLIP#{clip_id}", "sk": f"ALERT#{threat}"},
+                               UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in fields),
+                               ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+
+    def rangers_by_phone(self, phone: str) -> list[dict[str, Any]]:
+        return self._query_index(f"PHONE#{phone}")
+
+    def mark_number_invalid(self, phone: str, code: int | None, reason: str) -> int:
+        """Twilio said this number cannot be texted (21211, 21610 ...): flag every ranger item with it."""
+        n = 0
+        for r in self.rangers_by_phone(phone):
+            self.table.update_item(Key={"pk": r["pk"], "sk": r["sk"]},
+                                   UpdateExpression="SET number_invalid = :t, number_error = :e, "
+                                                    "number_error_code = :c, number_checked_at = :u",
+                                   ExpressionAttributeValues={":t": True, ":e": reason, ":c": code or 0,
+                                                              ":u": now_iso()})
+            n += 1
+        return n
+
+    def sends_to(self, phone: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest SMS items sent to ``phone`` (newest first)."""
+        page = self.table.query(IndexName="gsi1", KeyConditionExpression=Key("gsi1pk").eq(f"TO#{phone}"),
+                                ScanIndexForward=False, Limit=limit)
+        return [from_ddb(i) for i in page.get("Items", [])]
+
+    def label_clip(self, clip_id: str, label: str, by: str, at: str, incident_id: str) -> None:
+        """A verdict on a clip, kept for retraining (``label: false_alarm``)."""
+        self.table.update_item(Key={"pk": f"CLIP#{clip_id}", "sk": "CLIP"},
+                               UpdateExpression="SET #l = :l, label_by = :b, label_at = :a, label_incident = :i",
+                               ConditionExpression="attribute_exists(pk)", ExpressionAttributeNames={"#l": "label"},
+                               ExpressionAttributeValues={":l": label, ":b": by, ":a": at, ":i": incident_id})
+
+    def list_incidents(self) -> list[dict[str, Any]]:
+        """Every incident (a scan: for the demo and small tables, not for a hot path)."""
+        out: list[dict[str, Any]] = []
+        kw: dict[str, Any] = {"FilterExpression": "#t = :t", "ExpressionAttributeNames": {"#t": "type"},
+                              "ExpressionAttributeValues": {":t": "incident"}}
+        while True:
+            page = self.table.scan(**kw)
+            out.extend(from_ddb(i) for i in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return out
+            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     # --- scans for the local stack and the CLI ------------------------------------------------
     def clips_for_site(self, site_id: str, since: str = "") -> list[dict[str, Any]]:

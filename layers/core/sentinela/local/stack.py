@@ -91,7 +91,8 @@ class DeadLetter:
 
 class LocalStack:
     def __init__(self, *, stack_name: str = "sentinela-local", template: Path | None = None,
-                 card: Path | None = None, sms_from: str = "+15005550006", quiet: bool = True) -> None:
+                 card: Path | None = None, sms_from: str = "+15005550006", quiet: bool = True,
+                 escalate_every_s: float = 60.0) -> None:
         self.stack_name = stack_name
         self.template_path = template or REPO / "template.yaml"
         self.card = card
@@ -109,6 +110,12 @@ class LocalStack:
         self.invocations = {"classify": 0, "notify": 0}
         # The HTTP API (presign, POST /uploads): real HTTP on 127.0.0.1 in front of the real handler.
         self.http_api = HttpApi({"POST /uploads": self._invoke_presign})
+        # Twilio's webhooks (SMS replies, delivery status) -> the sms_reply handler; the escalation sweep
+        # runs on a timer in pump(), as the template's rate(1 minute) schedule would run it.
+        self.http_api.routes.update({"POST /sms/reply": self._invoke_sms_reply,
+                                     "POST /sms/status": self._invoke_sms_reply})
+        self.escalate_every_s = escalate_every_s
+        self._last_escalate = time.monotonic()
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> LocalStack:
@@ -139,6 +146,12 @@ class LocalStack:
         self.notify = _load_handler("notify")
         self.presign = _load_handler("presign")
         self.http_api.start()
+        # What Twilio is told to call (status callbacks) and signs; the sms_reply handler rebuilds the
+        # same URL from PUBLIC_API_URL (on AWS: the API's own domain).
+        os.environ.update({"PUBLIC_API_URL": self.http_api.url,
+                           "STATUS_CALLBACK_URL": f"{self.http_api.url}/sms/status"})
+        self.escalate = _load_handler("escalate")
+        self.sms_reply_fn = _load_handler("sms_reply")
         return self
 
     def stop(self) -> None:
@@ -249,7 +262,64 @@ class LocalStack:
     def pump(self) -> int:
         """One round of deliveries; returns how many handler invocations it made."""
         with self._lock:
-            return self._pump_s3() + self._pump_stream()
+            return self._pump_s3() + self._pump_stream() + self._pump_escalate()
+
+    # --- incidents: the escalation schedule and Twilio's webhooks --------------------------------
+    def _pump_escalate(self) -> int:
+        if self.escalate_every_s <= 0 or time.monotonic() - self._last_escalate < self.escalate_every_s:
+            return 0
+        self._last_escalate = time.monotonic()
+        self.invoke_escalate()
+        return 0  # a sweep is not a delivery: it must not keep run_until_idle busy
+
+    def invoke_escalate(self) -> dict[str, Any]:
+        """One run of the escalate handler with a scheduled event, as EventBridge would send it."""
+        self.invocations["escalate"] = self.invocations.get("escalate", 0) + 1
+        event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event",
+                 "source": "aws.events", "account": "123456789012", "region": "us-east-1",
+                 "time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                 "resources": [f"arn:aws:events:us-east-1:123456789012:rule/{self.stack_name}-escalate"],
+                 "detail": {}}
+        result: dict[str, Any] = self.escalate.handler(event, FakeContext("escalate", 60))
+        return result
+
+    def _invoke_sms_reply(self, event: dict[str, Any]) -> Any:
+        self.invocations["sms_reply"] = self.invocations.get("sms_reply", 0) + 1
+        return self.sms_reply_fn.handler(event, FakeContext("sms_reply", 30))
+
+    def twilio_webhook(self, path: str, form: dict[str, str], *, query: str = "",
+                       signature: str | None = None) -> dict[str, Any]:
+        """Play Twilio: POST ``form`` to ``path`` of the HTTP API with a valid X-Twilio-Signature (or the
+        ``signature`` given, e.g. a forged one) and return the handler's response."""
+        import urllib.parse
+
+        from ..sms import sign_request
+
+        url = f"{self.http_api.url}{path}" + (f"?{query}" if query else "")
+        sig = signature if signature is not None else sign_request(self.twilio.auth_token, url, form)
+        body = urllib.parse.urlencode(form).encode()
+        event = self.http_api.event("POST", path + (f"?{query}" if query else ""), {
+            "content-type": "application/x-www-form-urlencoded", "x-twilio-signature": sig,
+            "user-agent": "TwilioProxy/1.1", "x-forwarded-proto": "https"}, body, route_key=f"POST {path}")
+        result: dict[str, Any] = self._invoke_sms_reply(event)
+        return result
+
+    def sms_reply(self, from_: str, body: str, *, signature: str | None = None) -> dict[str, Any]:
+        """A ranger texts ``body`` back: Twilio's inbound-message webhook."""
+        return self.twilio_webhook("/sms/reply", {
+            "MessageSid": "SM" + uuid.uuid4().hex, "AccountSid": self.twilio.account_sid, "From": from_,
+            "To": self.sms_from, "Body": body, "NumMedia": "0"}, signature=signature)
+
+    def sms_status(self, message: Any, status: str, error_code: str | None = None) -> dict[str, Any]:
+        """Twilio reports the delivery of an outbox message to its StatusCallback URL."""
+        import urllib.parse
+
+        cb = urllib.parse.urlsplit(message.status_callback or "")
+        form = {"MessageSid": message.sid, "MessageStatus": status, "AccountSid": self.twilio.account_sid,
+                "To": message.to, "From": message.from_}
+        if error_code:
+            form["ErrorCode"] = error_code
+        return self.twilio_webhook(cb.path or "/sms/status", form, query=cb.query)
 
     def _classify_retries(self) -> int:
         cfg = self.tpl["Resources"]["ClassifyFunction"]["Properties"].get("EventInvokeConfig", {})

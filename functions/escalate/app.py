@@ -1,0 +1,24 @@
+"""escalate: on a schedule (every minute) -> open incidents nobody acknowledged in time -> the next ranger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from sentinela import runtime
+
+logger = Logger()
+metrics = Metrics()
+tracer = Tracer()
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    res = runtime.incident_service(metrics).escalate_due()
+    logger.info("escalation sweep", extra={"checked": res.checked, "escalated": res.escalated,
+                                           "exhausted": res.exhausted, "failed": res.failed})
+    return {"checked": res.checked, "escalated": res.escalated, "exhausted": res.exhausted, "failed": res.failed}
