@@ -1,0 +1,116 @@
+"""Alert policy, on-call shifts, reply codes and the incident texts' segment budget (pure logic)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from sentinela.incidents import reply_code
+from sentinela.messages import THREAT_WORDS, render_alert, render_escalation, render_reply, render_update
+from sentinela.policy import class_policy, evaluate, load_policy, validate_override, windows_within
+from sentinela.roster import RosterError, is_on_call, parse_shift, validate
+from sentinela.sms import segments
+
+ALERT = {"clip_id": "s/d/20261128T140000Z@v1", "threat": "gunshot", "confidence": 0.91, "threshold": 0.5,
+         "alerting_windows": 2, "first_s": 3.0, "site_id": "s", "device_id": "d",
+         "recorded_at": "2026-11-28T14:00:00Z"}
+SITE = {"site_id": "s", "name": "Nahuelbuta Norte, sector Pehuén", "lat": -37.7936, "lon": -72.9911,
+        "tz": "America/Santiago"}
+
+
+def test_shipped_policy_is_valid_and_site_overrides_win() -> None:
+    pol = load_policy()
+    assert validate_override(pol) == []
+    base = class_policy("engine", None, pol)
+    assert base.group == "vehicle" and base.confirm.windows == 2
+    site = {"policy": {"defaults": {"escalation_delay_s": 60},
+                       "classes": {"engine": {"confirm": {"windows": 4}, "threshold": 0.8}}}}
+    over = class_policy("engine", site, pol)
+    assert (over.confirm.windows, over.confirm.within_s, over.threshold, over.escalation_delay_s) == (4, 120, 0.8, 60)
+    assert class_policy("gunshot", site, pol).group == "gunshot"
+
+
+def test_bad_overrides_are_named() -> None:
+    problems = validate_override({"classes": {"gunshot": {"cooldown": 5, "threshold": 2}}, "extra": 1})
+    text = "; ".join(problems)
+    assert "unknown section(s) ['extra']" in text and "unknown key(s) ['cooldown']" in text
+    assert "threshold must be null or within 0..1" in text
+
+
+def test_windows_within_counts_the_densest_span() -> None:
+    evs = [{"t": 0, "n": 1}, {"t": 50, "n": 2}, {"t": 200, "n": 3}]
+    assert windows_within(evs, 60) == 3 and windows_within(evs, 10) == 3 and windows_within(evs, 300) == 6
+
+
+def test_threshold_and_confirmation_traces() -> None:
+    cp = class_policy("gunshot", {"policy": {"classes": {"gunshot": {"threshold": 0.95}}}})
+    v = evaluate(ALERT, cp, [], [])
+    assert not v.alert and v.trace[0].rule == "threshold" and v.trace[0].numbers == {
+        "confidence": 0.91, "threshold": 0.95}
+    assert v.reason == "confidence 0.91 < 0.95 (policy)"
+    cp = class_policy("gunshot", {"policy": {"classes": {"gunshot": {"confirm": {"windows": 3, "within_s": 30}}}}})
+    held = evaluate(ALERT, cp, [{"t": 3.0, "n": 2}], [])
+    assert not held.alert and held.trace[-1].numbers == {"windows": 2, "need": 3, "within_s": 30.0}
+    earlier = [dict(ALERT, clip_id="s/d/20261128T135950Z@v0", recorded_at="2026-11-28T13:59:50Z",
+                    alerting_windows=1, first_s=5.0)]
+    ok = evaluate(ALERT, cp, [{"t": 3.0, "n": 2}], earlier)
+    assert ok.alert and ok.trace[-1].numbers["scope"] == "device" and ok.trace[-1].numbers["windows"] == 3
+    far = [dict(earlier[0], recorded_at="2026-11-28T13:58:00Z")]
+    assert not evaluate(ALERT, cp, [{"t": 3.0, "n": 2}], far).alert
+
+
+def test_shifts_in_local_time_including_overnight() -> None:
+    night = {"ranger_id": "n", "shifts": [parse_shift("mon-fri 20:00-08:00")]}
+    sat_morning = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)  # Sat 07:00 in Santiago: Friday's night
+    sun_morning = dt.datetime(2026, 11, 29, 10, 0, tzinfo=dt.UTC)  # Sun 07:00: no Saturday shift
+    assert is_on_call(night, SITE, sat_morning) and not is_on_call(night, SITE, sun_morning)
+    assert is_on_call({"ranger_id": "x"}, SITE, sun_morning)  # no shifts: always on call
+    assert not is_on_call({"ranger_id": "x", "on_call": False}, SITE, sun_morning)
+    assert not is_on_call({"ranger_id": "x", "number_invalid": True}, SITE, sun_morning)
+    assert parse_shift({"days": "sat-sun", "start": "10:00", "end": "12:00"})["days"] == ["sat", "sun"]
+    with pytest.raises(RosterError):
+        parse_shift("weekdays 8-20")
+
+
+def test_roster_validation_names_every_problem() -> None:
+    sites = [{"site_id": "s", "tz": "Mars/Olympus", "lead": "zoe"}]
+    rangers = [{"ranger_id": "a", "phone": "0912", "lang": "fr", "sites": ["s", "t"], "shifts": ["25:00-26:00"],
+                "role": "boss"}]
+    text = "; ".join(validate(sites, rangers))
+    for part in ("time zone 'Mars/Olympus' is unknown", "not E.164", "lang must be one of es, en",
+                 "unknown site(s) ['t']", "shift time '25:00' is not HH:MM", "role must be one of", "lead 'zoe'"):
+        assert part in text, part
+
+
+@pytest.mark.parametrize("body,code", [("1", "acknowledged"), ("sí", "acknowledged"), ("SI", "acknowledged"),
+                                       (" Voy! ", "acknowledged"), ("yes", "acknowledged"), ("2", "false_alarm"),
+                                       ("Falsa alarma", "false_alarm"), ("FALSE", "false_alarm"),
+                                       ("3", "resolved"), ("hola", None), ("", None)])
+def test_reply_codes(body: str, code: str | None) -> None:
+    assert reply_code(body) == code
+
+
+def _incident(threat: str) -> dict[str, Any]:
+    return {"incident_id": "s/g/x", "ref": "4FA808", "site_id": "s", "threat": threat, "alerts": 12,
+            "max_confidence": 0.97, "first_heard": "2026-11-28T14:00:00Z", "last_heard": "2026-11-28T14:20:00Z"}
+
+
+LONG_SITE = dict(SITE, name="Reserva Nacional Nahuelbuta, sector Pehuén, camino a Cañete y Angol (Araucanía)")
+
+
+@pytest.mark.parametrize("lang", ["es", "en"])
+@pytest.mark.parametrize("threat", sorted(THREAT_WORDS["es"]))
+@pytest.mark.parametrize("site", [SITE, LONG_SITE], ids=["site", "long-site"])
+def test_every_incident_text_is_gsm7_within_two_segments(lang: str, threat: str, site: dict[str, Any]) -> None:
+    inc = _incident(threat)
+    alert = dict(ALERT, threat=threat, recorded_at="2026-11-28T14:20:00Z")
+    texts = [render_alert(alert, site, lang, "4FA808"), render_update(inc, alert, site, lang),
+             render_escalation(inc, site, lang, 15)]
+    texts += [render_reply(k, lang, ref="4FA808", name="María José Ñancupil")
+              for k in ("acknowledged", "already", "false_alarm", "resolved", "help", "no_incident", "unknown_number")]
+    for text in texts:
+        seg = segments(text)
+        assert seg.encoding == "GSM-7" and seg.segments <= 2, (text, seg)
+    assert "4FA808" in texts[0] and "%" in texts[0] and ("1=voy" in texts[0] or "1=on my way" in texts[0])
