@@ -126,7 +126,8 @@ def load_card(path: str | Path) -> ModelCard:
             output=h.get("output", "probabilities"),
             classes=tuple(_req(h, "classes", "head")),
         )
-        missing = [c for c in head.classes if c not in threats]
+        # A head may also output a background column: it has no threat rule and raises no alert.
+        missing = [c for c in head.classes if c not in threats and c != "background"]
         if missing:
             raise CardError(f"model card: head classes without a threat rule: {missing}")
     return ModelCard(

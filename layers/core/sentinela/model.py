@@ -42,15 +42,16 @@ def default_threads() -> int:
 
 
 class Model:
-    def __init__(self, card: ModelCard, threads: int | None = None) -> None:
+    def __init__(self, card: ModelCard, threads: int | None = None, embeddings: bool = False) -> None:
+        """``embeddings``: fetch the embedding even without a head (training and evaluation need it)."""
         self.card = card
         self.threads = threads or default_threads()
         self.session = _session(card.path, self.threads)
         outputs = {o.name for o in self.session.get_outputs()}
         want = [card.logits_output]
-        if card.head is not None:
+        if card.head is not None or embeddings:
             if not card.embedding_output:
-                raise ModelError("the card has a threat head but names no embedding output")
+                raise ModelError("the card names no embedding output (a threat head reads the embedding)")
             want.append(card.embedding_output)
         missing = [o for o in want if o not in outputs]
         if missing:

@@ -102,17 +102,11 @@ def _log(msg: str) -> None:
 
 def embedding_model(card: ModelCard, threads: int | None) -> Any:
     """The base model without any head, asked for its embedding output as well as its scores."""
-    from .model import Model, ModelError
+    from .model import Model
 
     if not card.embedding_output:
         raise TrainError("the model card names no embedding_output; a head needs the model's embedding")
-    model = Model(replace(card, head=None), threads=threads)
-    outputs = {o.name for o in model.session.get_outputs()}
-    if card.embedding_output not in outputs:
-        raise ModelError(f"model {card.path.name} has no output {card.embedding_output!r}")
-    # Model only fetches the embedding when a head is configured; training needs it without one.
-    model._outputs = [card.logits_output, card.embedding_output]
-    return model
+    return Model(replace(card, head=None), threads=threads, embeddings=True)
 
 
 def _model_key(card: ModelCard) -> str:
