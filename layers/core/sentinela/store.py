@@ -307,6 +307,41 @@ class Store:
         return self._conditional_update(site_id, device_id, "REMOVE silence_episode, silence_alerted_at",
                                         "silence_episode = :ep", {":ep": episode})
 
+    # What `sentinela status` reads (sentinela.ops_cli).
+    def site_items(self, site_id: str) -> list[dict[str, Any]]:
+        """Everything under a site's partition: site, rangers, devices, last-seen, open-incident slots."""
+        out: list[dict[str, Any]] = []
+        kw: dict[str, Any] = {"KeyConditionExpression": Key("pk").eq(f"SITE#{site_id}")}
+        while True:
+            page = self.table.query(**kw)
+            out.extend(from_ddb(i) for i in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return out
+            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def incident_item(self, incident_id: str) -> dict[str, Any] | None:
+        item = self.table.get_item(Key={"pk": f"INC#{incident_id}", "sk": "INCIDENT"}).get("Item")
+        return from_ddb(item) if item else None
+
+    def clips_since(self, site_id: str, since: str) -> list[dict[str, Any]]:
+        """A site's clips recorded at or after ``since`` (ISO UTC), through gsi1."""
+        return self._query_range(f"SITE#{site_id}", f"CLIP#{since}", "CLIP#~")
+
+    def unsited_clips(self, since: str) -> list[dict[str, Any]]:
+        """Clips whose key named no site (rejected as bad keys), received at or after ``since``."""
+        return self._query_range("REJECTED", f"CLIP#{since}", "CLIP#~")
+
+    def _query_range(self, pk: str, low: str, high: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        kw: dict[str, Any] = {"IndexName": "gsi1",
+                              "KeyConditionExpression": Key("gsi1pk").eq(pk) & Key("gsi1sk").between(low, high)}
+        while True:
+            page = self.table.query(**kw)
+            out.extend(from_ddb(i) for i in page.get("Items", []))
+            if "LastEvaluatedKey" not in page:
+                return out
+            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
     def _conditional_update(self, site_id: str, device_id: str, update: str, condition: str,
                             values: dict[str, Any]) -> bool:
         try:
