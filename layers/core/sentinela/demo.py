@@ -145,12 +145,20 @@ def _summarise(stack: LocalStack, store: Store, keys: dict[str, Path], audio: Pa
         + (", ".join(f"{k} {v}" for k, v in sorted(threat_dets.items())) or "none"))
     if species:
         out("biodiversity log, top species: " + ", ".join(f"{k} {v}" for k, v in species.most_common(5)))
-    out(f"alerts: {len(alerts)}")
+    outcomes = collections.Counter(str(a.get("outcome", "?")) for a in alerts)
+    out(f"alerts: {len(alerts)} (" + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) + ")")
     for a in sorted(alerts, key=lambda a: a["key"]):
-        out(f"  {a['threat']:<12} {a['confidence']:.2f}  {rel.get(a['key'], a['key'])}")
+        held = f"  ({a.get('decision_reason')})" if a.get("outcome") == "held" else ""
+        out(f"  {a['threat']:<12} {a['confidence']:.2f}  {a.get('outcome', '?'):<7} {a.get('incident_ref', ''):<6}  "
+            f"{rel.get(a['key'], a['key'])}{held}")
+    incidents = _incidents(store, items)
+    out(f"incidents: {len(incidents)} (only an incident's opening texts; later alerts join it)")
+    for inc in incidents:
+        out(f"  {inc['ref']} {inc['class']:<12} {inc['state']:<12} opened {inc['opened_at']}, heard "
+            f"{inc['first_heard']} .. {inc['last_heard']}, {inc['alerts']} alert(s) joined, {len(inc['sms'])} SMS")
+        for m in inc["sms"]:
+            out(f"    {m['step']:<6} to {m['to']} ({m['segments']} seg {m['encoding']}): {m['body']}")
     out(f"sms: {len(stack.twilio.outbox)} sent through the Twilio stub")
-    for m in stack.twilio.outbox:
-        out(f"  to {m.to}: {m.body}")
     result = {
         "clips_uploaded": len(keys),
         "clips_processed": by_status.get("processed", 0),
@@ -161,6 +169,7 @@ def _summarise(stack: LocalStack, store: Store, keys: dict[str, Path], audio: Pa
         "rejected": [{"file": rel.get(c["key"], c["key"]), "reason": c.get("reason")}
                      for c in clips if c["status"] == "rejected"],
         "sms": [{"to": m.to, "body": m.body} for m in stack.twilio.outbox],
+        "incidents": incidents,
         "wall_s": round(wall, 1),
     }
     if json_out:
@@ -168,3 +177,26 @@ def _summarise(stack: LocalStack, store: Store, keys: dict[str, Path], audio: Pa
         json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
         out(f"wrote {json_out}")
     return result
+
+
+def _incidents(store: Store, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each incident with its SMS (sentinela.incidents), oldest first."""
+    from .sms import segments
+
+    sms_by_pk: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for i in items:
+        if i.get("type") == "sms" and str(i.get("pk", "")).startswith("INC#"):
+            sms_by_pk[i["pk"]].append(i)
+    out = []
+    for inc in sorted((i for i in items if i.get("type") == "incident"), key=lambda i: i["first_heard"]):
+        texts = sorted(sms_by_pk.get(f"INC#{inc['incident_id']}", []), key=lambda m: str(m.get("created_at")))
+        out.append({
+            "ref": inc["ref"], "incident_id": inc["incident_id"], "site": inc["site_id"], "class": inc["threat"],
+            "group": inc["group"], "state": inc["state"], "opened_at": inc["opened_at"],
+            "first_heard": inc["first_heard"], "last_heard": inc["last_heard"], "alerts": inc["alerts"],
+            "max_confidence": inc.get("max_confidence"),
+            "sms": [{"step": m.get("step"), "to": m["to"], "status": m.get("status"), "body": m["body"],
+                     "segments": segments(m["body"]).segments, "encoding": segments(m["body"]).encoding}
+                    for m in texts if m.get("status") == "sent"],
+        })
+    return out
