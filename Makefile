@@ -7,7 +7,7 @@ MODEL  := models/dist/birdnet_v24.onnx
 AUDIO  ?= ../shared/audio/dev
 
 .DEFAULT_GOAL := help
-.PHONY: help install test unit integration lint validate demo model bench eval train clean
+.PHONY: help install test unit integration lint validate demo model bench eval train clean scan
 
 help: ## list every target
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,7 @@ test: $(STAMP) ## lint, type-check, validate template.yaml, run every test
 	$(BIN)/ruff check layers functions tests models/build
 	$(BIN)/mypy
 	$(BIN)/python -m sentinela.devtools.validate_template template.yaml
+	$(MAKE) --no-print-directory scan
 	$(BIN)/python -m pytest -q
 
 unit: $(STAMP) ## run the unit tests only
@@ -38,6 +39,22 @@ lint: $(STAMP) ## ruff + mypy
 
 validate: $(STAMP) ## cfn-lint + SAM transform + cfn-lint on the transformed template
 	$(BIN)/python -m sentinela.devtools.validate_template template.yaml
+
+# checkov pins its own dependencies (boto3 among them), so it lives in a venv of its own, kept in .cache.
+CHECKOV_VERSION := 3.3.30
+CHECKOV_VENV    := .cache/tools/checkov
+CHECKOV         := $(CHECKOV_VENV)/bin/checkov
+CHECKOV_STAMP   := $(CHECKOV_VENV)/.installed-$(CHECKOV_VERSION)
+
+$(CHECKOV_STAMP):
+	rm -rf $(CHECKOV_VENV)
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install -q checkov==$(CHECKOV_VERSION)
+	@touch $@
+
+scan: $(STAMP) $(CHECKOV_STAMP) ## policy scan: checkov on template.yaml and on the SAM-translated template
+	$(BIN)/python -m sentinela.devtools.scan_template --checkov $(CHECKOV) template.yaml
 
 model: ## build and verify the BirdNET V2.4 ONNX model (cached; seconds when present)
 	$(PYTHON) models/build/build_model.py

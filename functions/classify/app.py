@@ -38,7 +38,8 @@ def process(record: dict[str, Any]) -> dict[str, Any]:
         record["s3"]["bucket"]["name"], obj["key"], obj.get("versionId"), obj.get("size")
     )
     logger.info("clip handled", extra={"clip_id": out.clip_id, "status": out.status, "reason": out.reason,
-                                       "alerts": out.alerts, "detections": out.detections})
+                                       "alerts": out.alerts, "detections": out.detections,
+                                       "decisions": out.decisions})
     return {"clip_id": out.clip_id, "status": out.status, "reason": out.reason, "alerts": out.alerts}
 
 

@@ -592,6 +592,9 @@ def test_parameters_and_outputs(tpl: dict[str, Any]) -> None:
         "SmsReplyWebhook",
         "SmsReplyFunctionName",
         "EscalateFunctionName",
+        "SilenceFunctionName",
+        "OpsTopicArn",
+        "OpsDashboardUrl",
     }
 
 
@@ -652,3 +655,87 @@ def test_escalate_runs_every_minute_with_least_privilege(tpl: dict[str, Any], tr
     for fn in ("NotifyFunction", "EscalateFunction"):
         cb = props(tpl, fn)["Environment"]["Variables"]["STATUS_CALLBACK_URL"]["Fn::Sub"]
         assert cb.startswith("https://${SmsApi}.execute-api.") and cb.endswith("/sms/status"), fn
+
+
+# ------------------------------------------------- issue 6: silence alarm, ops console, least privilege
+
+
+def _sub_text(value: Any) -> str:
+    """The text of a !Sub (short or list form) with every ${...} replaced by a placeholder."""
+    import re
+
+    text = value["Fn::Sub"][0] if isinstance(value["Fn::Sub"], list) else value["Fn::Sub"]
+    return re.sub(r"\$\{[^}]+\}", "X", text)
+
+
+def test_silence_function_runs_on_a_schedule_with_a_narrow_role(tpl: dict[str, Any],
+                                                                translated: dict[str, Any]) -> None:
+    fn = props(tpl, "SilenceFunction")
+    assert fn["FunctionName"] == {"Fn::Sub": "${AWS::StackName}-silence"}
+    assert fn["Role"] == {"Fn::GetAtt": ["SilenceRole", "Arn"]}
+    (event,) = fn["Events"].values()
+    assert event["Type"] == "Schedule" and event["Properties"]["Schedule"] == "rate(15 minutes)"
+    env = fn["Environment"]["Variables"]
+    assert env["OPS_TOPIC_ARN"] == {"Ref": "OpsTopic"} and env["TWILIO_SECRET_ARN"] == {"Ref": "TwilioSecret"}
+    assert props(tpl, "SilenceLogGroup")["LogGroupName"] == {"Fn::Sub": "/aws/lambda/${AWS::StackName}-silence"}
+    actions = {a for acts, _ in _grants(translated, "SilenceRole") for a in acts}
+    assert actions == {"logs:CreateLogStream", "logs:PutLogEvents", "xray:PutTraceSegments",
+                       "xray:PutTelemetryRecords", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem",
+                       "secretsmanager:GetSecretValue", "sns:Publish", "kms:GenerateDataKey", "kms:Decrypt"}
+    assert _resources_for(translated, "SilenceRole", "sns:Publish") == [{"Ref": "OpsTopic"}]
+
+
+def test_ops_topic_is_encrypted_tls_only_and_alarms_may_publish(tpl: dict[str, Any]) -> None:
+    assert props(tpl, "OpsTopic")["KmsMasterKeyId"] == {"Ref": "OpsTopicKey"}
+    assert props(tpl, "OpsTopicKey")["EnableKeyRotation"] is True
+    stmts = {s["Sid"]: s for s in props(tpl, "OpsTopicPolicy")["PolicyDocument"]["Statement"]}
+    assert stmts["DenyInsecureTransport"]["Effect"] == "Deny"
+    assert stmts["AlarmsOfThisAccountPublish"]["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert res(tpl, "OpsEmailSubscription")["Condition"] == "HasOpsEmail"
+
+
+def test_alarms_cover_errors_throttles_dead_letters_silence_and_sms(tpl: dict[str, Any]) -> None:
+    alarms = {k: r["Properties"] for k, r in tpl["Resources"].items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    assert {"FunctionErrorsAlarm", "FunctionThrottlesAlarm", "ClassifyDLQNotEmptyAlarm", "NotifyDLQNotEmptyAlarm",
+            "SilentDevicesAlarm", "SmsFailuresAlarm"} <= set(alarms)
+    for name, a in alarms.items():
+        assert a["AlarmActions"] == [{"Ref": "OpsTopic"}], name
+        assert a["TreatMissingData"] == "notBreaching", name
+    for name in ("FunctionErrorsAlarm", "FunctionThrottlesAlarm"):
+        names = {d["Value"]["Fn::Sub"] for m in alarms[name]["Metrics"] if "MetricStat" in m
+                 for d in m["MetricStat"]["Metric"]["Dimensions"]}
+        functions = {p["FunctionName"]["Fn::Sub"] for r in tpl["Resources"].values()
+                     if r["Type"] == "AWS::Serverless::Function" for p in [r["Properties"]]}
+        assert names == functions, name  # every function, and only real ones
+    assert alarms["SilentDevicesAlarm"]["Dimensions"] == [{"Name": "service", "Value": "silence"}]
+    assert alarms["SmsFailuresAlarm"]["MetricName"] == "SmsFailed"
+
+
+def test_dashboard_shows_what_ops_need(tpl: dict[str, Any]) -> None:
+    body = json.loads(_sub_text(props(tpl, "OpsDashboard")["DashboardBody"]))
+    text = json.dumps(body)
+    for metric in ("ClipsReceived", "ClipsProcessed", "ClipsRejected", "AudioSeconds", "Detections_gunshot",
+                   "Detections_chainsaw", "IncidentsOpened", "SmsSent", "SmsFailed", "ProcessingLatency",
+                   "ApproximateNumberOfMessagesVisible", "SilentDevices", "Errors", "Throttles"):
+        assert f'"{metric}"' in text, metric
+    assert '"p50"' in text and '"p95"' in text and "m1/3600" in text
+    assert any(w["type"] == "alarm" and len(w["properties"]["alarms"]) == 6 for w in body["widgets"])
+
+
+def test_saved_log_queries_for_clips_and_incidents(tpl: dict[str, Any]) -> None:
+    queries = {k: r["Properties"] for k, r in tpl["Resources"].items() if r["Type"] == "AWS::Logs::QueryDefinition"}
+    clip, incident = queries["WhyNoAlertQuery"], queries["IncidentHistoryQuery"]
+    assert {"Ref": "ClassifyLogGroup"} in clip["LogGroupNames"] and "decisions" in clip["QueryString"]
+    assert "CLIP_KEY_OR_ID" in clip["QueryString"]
+    assert {"Ref": "EscalateLogGroup"} in incident["LogGroupNames"] and "INCIDENT_ID" in incident["QueryString"]
+
+
+def test_no_plain_secret_or_phone_number_in_function_environments(translated: dict[str, Any]) -> None:
+    import re
+
+    for logical_id, r in translated["Resources"].items():
+        if r["Type"] != "AWS::Lambda::Function":
+            continue
+        env = json.dumps(r["Properties"].get("Environment", {}))
+        assert not re.search(r"\+\d{8,}", env), logical_id  # phone numbers come from data, never env
+        assert not re.search(r"(?i)(auth_token|password|secret_key)\"\s*:", env), logical_id

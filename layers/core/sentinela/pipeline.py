@@ -35,6 +35,9 @@ class Outcome:
     alerts: list[str] = field(default_factory=list)
     detections: int = 0
     duration_s: float = 0.0
+    # Each threat class's decision (alert or not, and why): logged, so "why did this clip not alert" is
+    # answered from the logs (the saved Logs Insights query) as well as from the clip record.
+    decisions: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ClassifyService:
@@ -83,6 +86,9 @@ class ClassifyService:
             self.store.put_alert(ref, decision, card.id, out.info.duration_s)
             alerts.append(decision.threat)
             self.metrics.add_metric(f"Alerts_{decision.threat}", "Count", 1)
+        decisions = [{"threat": d.threat, "alert": d.alert, "confidence": d.confidence,
+                      "alerting_windows": d.alerting_windows, "threshold": d.threshold, "reason": d.reason}
+                     for d in out.result.decisions]
         notes = list(out.flags)
         if out.info.ext != ck.ext:
             notes.append(f"content_is_{out.info.ext}")
@@ -92,9 +98,7 @@ class ClassifyService:
             "model_id": card.id, "windows": out.result.windows, "detections": n,
             "threat_detections": sum(1 for d in out.result.detections if d.threat),
             "max_scores": out.result.max_scores, "alerts": alerts, "flags": notes,
-            "decisions": [{"threat": d.threat, "alert": d.alert, "confidence": d.confidence,
-                           "alerting_windows": d.alerting_windows, "threshold": d.threshold,
-                           "reason": d.reason} for d in out.result.decisions],
+            "decisions": decisions,
             "peak": out.peak, "rms": out.rms, "processing_ms": round((time.perf_counter() - t0) * 1000),
         })
         quality = [f for f in notes if f in QUALITY_FLAGS]
@@ -107,7 +111,7 @@ class ClassifyService:
         for d in out.result.detections:
             if d.threat:
                 self.metrics.add_metric(f"Detections_{d.label}", "Count", 1)
-        return Outcome(clip_id, "processed", None, alerts, n, out.info.duration_s)
+        return Outcome(clip_id, "processed", None, alerts, n, out.info.duration_s, decisions)
 
     def _reject(self, ref: ClipRef, reason: str) -> Outcome:
         self.store.mark_rejected(ref, reason)

@@ -96,8 +96,16 @@ def _incident_options() -> dict[str, Any]:
             params = {"Bucket": alert["bucket"], "Key": alert["key"]}
             if alert.get("version_id"):
                 params["VersionId"] = alert["version_id"]
-            return str(s3().generate_presigned_url("get_object", Params=params, ExpiresIn=minutes * 60))
+            return str(_s3_sigv4().generate_presigned_url("get_object", Params=params, ExpiresIn=minutes * 60))
     return {"status_callback": env.get("STATUS_CALLBACK_URL") or None, "presign": presign, "link_minutes": minutes}
+
+
+@functools.cache
+def _s3_sigv4() -> Any:
+    """Presigned links signed with SigV4 (X-Amz-Expires): what every region accepts."""
+    from botocore.config import Config
+
+    return boto3.client("s3", config=Config(signature_version="s3v4"))
 
 
 def incident_service(metrics: MetricSink | None = None) -> IncidentService:
@@ -137,7 +145,29 @@ def presign_service(metrics: MetricSink | None = None) -> PresignService:
                           per_minute=int(env.get("UPLOAD_RATE_PER_MINUTE", "30")), metrics=metrics)
 
 
+# --- silence alarm (sentinela.silence) -------------------------------------------------------------
+def silence_service(metrics: MetricSink | None = None) -> Any:
+    """SILENCE_DEFAULT_CADENCE_S (3600), SILENCE_MISSED_UPLOADS (2), OPS_TOPIC_ARN (unset: no e-mail).
+    The Twilio secret is read only when a message is actually sent."""
+    import os
+
+    import boto3
+
+    from .silence import SilenceService
+
+    env = os.environ
+    topic = env.get("OPS_TOPIC_ARN") or None
+
+    def publish(subject: str, text: str) -> None:
+        boto3.client("sns").publish(TopicArn=topic, Subject=subject, Message=text)
+
+    return SilenceService(store(), lambda to, body: notify_service(metrics)._send(to, body),
+                          publish if topic else None,
+                          default_cadence_s=float(env.get("SILENCE_DEFAULT_CADENCE_S", "3600")),
+                          missed_uploads=float(env.get("SILENCE_MISSED_UPLOADS", "2")), metrics=metrics)
+
+
 def reset() -> None:
     """Forget cached clients and settings (the local stack calls this when it restarts)."""
-    for f in (settings, model, store, s3, _gateway):
+    for f in (settings, model, store, s3, _gateway, _s3_sigv4):
         f.cache_clear()

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -116,6 +116,11 @@ class LocalStack:
                                      "POST /sms/status": self._invoke_sms_reply})
         self.escalate_every_s = escalate_every_s
         self._last_escalate = time.monotonic()
+        # The silence check runs on a timer too, on an injectable clock: a test sets ``stack.clock`` to a
+        # later time and the next pump() runs the check as EventBridge would at that time.
+        self.clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+        self.silence_every_s = 900.0
+        self._last_silence: dt.datetime | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> LocalStack:
@@ -135,7 +140,7 @@ class LocalStack:
         # Powertools keeps its parameter providers (and their boto3 clients, bound to the last endpoint).
         from aws_lambda_powertools.utilities.parameters import base as _pt_parameters
 
-        _pt_parameters.DEFAULT_PROVIDERS.clear()
+        _pt_parameters.DEFAULT_PROVIDERS.clear()  # type: ignore[attr-defined]
         self.twilio.start()
         self.tpl = load_template(self.template_path)
         self._env_base()
@@ -151,6 +156,8 @@ class LocalStack:
         os.environ.update({"PUBLIC_API_URL": self.http_api.url,
                            "STATUS_CALLBACK_URL": f"{self.http_api.url}/sms/status"})
         self.escalate = _load_handler("escalate")
+        self.silence = _load_handler("silence")
+        self._last_silence = self.clock()
         self.sms_reply_fn = _load_handler("sms_reply")
         return self
 
@@ -208,6 +215,8 @@ class LocalStack:
                 {"Name": "prefix", "Value": r["prefix"]}, {"Name": "suffix", "Value": r["suffix"]}]}}}
             for r in rules]})
         self.names["ClipsBucket"] = bucket
+        # Ops notices (silence alarm; CloudWatch alarms on AWS): subscribe a queue to read them in tests.
+        self.names["OpsTopic"] = self.client("sns").create_topic(Name=f"{self.stack_name}-ops")["TopicArn"]
         secret = sm.create_secret(Name=f"{self.stack_name}/twilio", SecretString=json.dumps(
             {"account_sid": self.twilio.account_sid, "auth_token": self.twilio.auth_token}))
         self.names["TwilioSecret"] = secret["ARN"]
@@ -222,6 +231,7 @@ class LocalStack:
             "TABLE_NAME": self.names["DataTable"], "IDEMPOTENCY_TABLE": self.names["IdempotencyTable"],
             "CLIPS_BUCKET": self.names["ClipsBucket"], "TWILIO_SECRET_ARN": self.names["TwilioSecret"],
             "SMS_FROM_NUMBER": self.sms_from, "TWILIO_API_BASE": self.twilio.url,
+            "OPS_TOPIC_ARN": self.names["OpsTopic"],
             # presign: a deployed stack takes these from template.yaml; here they are its defaults.
             "UPLOAD_URL_TTL_S": "600", "UPLOAD_CLOCK_SKEW_S": "300", "UPLOAD_RATE_PER_MINUTE": "600",
         }
@@ -262,7 +272,28 @@ class LocalStack:
     def pump(self) -> int:
         """One round of deliveries; returns how many handler invocations it made."""
         with self._lock:
-            return self._pump_s3() + self._pump_stream() + self._pump_escalate()
+            return self._pump_s3() + self._pump_stream() + self._pump_escalate() + self._pump_silence()
+
+    # --- the silence alarm's schedule (functions/silence) ------------------------------------------
+    def _pump_silence(self) -> int:
+        now = self.clock()
+        if self._last_silence is not None and (now - self._last_silence).total_seconds() < self.silence_every_s:
+            return 0
+        self._last_silence = now
+        self.invoke_silence(now)
+        return 0  # a sweep is not a delivery: it must not keep run_until_idle busy
+
+    def invoke_silence(self, now: dt.datetime | None = None) -> dict[str, Any]:
+        """One run of the silence handler with the scheduled event EventBridge would send at ``now``."""
+        self.invocations["silence"] = self.invocations.get("silence", 0) + 1
+        when = (now or self.clock()).astimezone(dt.UTC)
+        event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event",
+                 "source": "aws.events", "account": "123456789012", "region": "us-east-1",
+                 "time": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                 "resources": [f"arn:aws:events:us-east-1:123456789012:rule/{self.stack_name}-silence"],
+                 "detail": {}}
+        result: dict[str, Any] = self.silence.handler(event, FakeContext("silence", 60))
+        return result
 
     # --- incidents: the escalation schedule and Twilio's webhooks --------------------------------
     def _pump_escalate(self) -> int:
@@ -388,12 +419,16 @@ class LocalStack:
             if sid not in self._stream_iters:
                 self._stream_iters[sid] = streams.get_shard_iterator(
                     StreamArn=self.stream_arn, ShardId=sid, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
-            res = streams.get_records(ShardIterator=self._stream_iters[sid], Limit=1000)
-            self._stream_iters[sid] = res["NextShardIterator"]
-            for r in res["Records"]:
-                rec = self._lambda_record(r)
-                if self._matches(rec):
-                    self._stream_pending.append(rec)
+            # Read the shard to its end: a full page of records the filter drops must not look like idle.
+            while True:
+                res = streams.get_records(ShardIterator=self._stream_iters[sid], Limit=1000)
+                self._stream_iters[sid] = res["NextShardIterator"]
+                for r in res["Records"]:
+                    rec = self._lambda_record(r)
+                    if self._matches(rec):
+                        self._stream_pending.append(rec)
+                if len(res["Records"]) < 1000:
+                    break
 
     def _lambda_record(self, r: dict[str, Any]) -> dict[str, Any]:
         rec: dict[str, Any] = json.loads(json.dumps(r, default=str))
