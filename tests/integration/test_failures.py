@@ -264,3 +264,17 @@ def test_notify_dead_letters_are_replayed_once_twilio_is_back(stack: LocalStack,
     again = local_replayer(stack).run(("NotifyDLQ",))
     assert not [r for r in again if clip["clip_id"] in r.what]  # deleted after success
     assert "dead letters waiting" in render_status(local_status(stack))
+
+
+def test_phone_numbers_never_reach_the_logs(stack: LocalStack, store: Store, caplog: pytest.LogCaptureFixture,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    seed(store, "fx-mask", [("ana", "+56900000710", "es")])
+    stack.twilio.fail(400, 21211, "The 'To' number +56900000710 is not a valid phone number.", times=-1,
+                      to="+56900000710")
+    key, _ = stack.upload(encode(impulse()), "fx-mask", "rec-1")
+    stack.run_until_idle()
+    stack.twilio.clear()
+    (clip,) = _clips(store, key)
+    logged = caplog.text + capsys.readouterr().out
+    assert clip["status"] == "processed" and "+569*****710" in logged  # the failure is logged, masked
+    assert "+56900000710" not in logged and "56900000710" not in logged

@@ -59,7 +59,16 @@ def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None
             stack.stop_background()
             stack.run_until_idle()
         out(f"(handler metrics and decoder warnings: {log_path})")
-        return _summarise(stack, store, keys, audio, time.perf_counter() - t0, json_out, out)
+        result = _summarise(stack, store, keys, audio, time.perf_counter() - t0, json_out, out)
+        # What ops would see of this run: `sentinela status`, on the local stack (sentinela.ops_cli).
+        from .ops_cli import local_status, render_status
+
+        result["status"] = local_status(stack)
+        out("")
+        out(render_status(result["status"]))
+        if json_out:
+            json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+        return result
     finally:
         stack.stop()
 

@@ -30,6 +30,15 @@ def mask_phone(number: str) -> str:
     return number[:4] + "*" * (len(number) - 7) + number[-3:]
 
 
+_NUMBER_IN_TEXT = re.compile(r"\+\d[\d ()-]{6,}\d|\b\d{9,15}\b")  # "+56 9 1234 5678", "56912345678"
+
+
+def mask_numbers(text: str) -> str:
+    """Mask every phone-like number in free text: Twilio's error messages quote the number ("The 'To'
+    number +56912345678 is not a valid phone number"), and they end up in log lines and the DLQ."""
+    return _NUMBER_IN_TEXT.sub(lambda m: mask_phone(re.sub(r"[ ()-]", "", m.group(0))), text)
+
+
 def valid_e164(number: str) -> bool:
     return bool(E164.match(number))
 
@@ -105,9 +114,11 @@ class SmsGateway:
         try:
             msg = self.client.messages.create(**kw)
         except TwilioRestException as exc:
-            raise SmsError(f"Twilio {exc.status} code {exc.code}: {exc.msg}", exc.code, exc.status) from exc
+            raise SmsError(f"Twilio {exc.status} code {exc.code}: {mask_numbers(str(exc.msg))}", exc.code,
+                           exc.status) from exc
         except Exception as exc:  # connection errors, timeouts: the send may be retried
-            raise SmsError(f"Twilio unreachable: {type(exc).__name__}: {exc}", None, None) from exc
+            raise SmsError(f"Twilio unreachable: {type(exc).__name__}: {mask_numbers(str(exc))}", None,
+                           None) from exc
         return Sent(sid=str(msg.sid), status=str(msg.status))
 
 
