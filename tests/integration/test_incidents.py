@@ -306,3 +306,18 @@ def test_two_clips_landing_at_once_open_one_incident(stack: LocalStack, store: S
     stack.run_until_idle()  # the stream delivers both alert items again: redeliveries change nothing
     assert len(incidents(store, "inc-k")) == 1
     assert sorted(to for to, _ in texts(stack, "+56900000211", "+15005550211")) == ["+15005550211", "+56900000211"]
+
+
+def test_audio_link_is_a_second_message_when_switched_on(stack: LocalStack, store: Store, clock: Any,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SMS_AUDIO_LINKS", "1")
+    monkeypatch.setenv("AUDIO_LINK_MINUTES", "30")
+    site(store, "inc-l", [{"ranger_id": "ana", "phone": "+56900000230"}])
+    key, _ = stack.upload(GUNSHOT, "inc-l", "rec-1", T0)
+    stack.run_until_idle()
+    sent = texts(stack, "+56900000230")
+    assert len(sent) == 2 and "DISPARO" in sent[0][1]
+    link = sent[1][1]
+    assert link.startswith("SENTINELA ") and "audio (30 min): http" in link and "X-Amz-Expires=1800" in link
+    assert key.rsplit("/", 1)[1] in link  # a link to this clip
+    assert segments(sent[0][1]).segments <= 2  # the alert text keeps its budget; the link pays its own

@@ -102,7 +102,7 @@ class LocalStack:
         self.names: dict[str, str] = {}
         self._server: Any = None
         self._lock = threading.RLock()
-        self._stream_iters: dict[str, str] = {}
+        self._stream_iters: dict[str, str] = {}  # shard id -> the last sequence number read
         self._stream_pending: list[dict[str, Any]] = []
         self._attempts: dict[str, int] = {}
         self._bg: threading.Thread | None = None
@@ -416,14 +416,19 @@ class LocalStack:
         desc = streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"]
         for shard in desc["Shards"]:
             sid = shard["ShardId"]
-            if sid not in self._stream_iters:
-                self._stream_iters[sid] = streams.get_shard_iterator(
-                    StreamArn=self.stream_arn, ShardId=sid, ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+            # A fresh iterator after the last record seen, every round: moto rolls a cancelled transaction
+            # back by swapping in a deep copy of the table, stream shard included, and an iterator kept
+            # from before would read the orphaned shard forever after (DynamoDB has no such effect).
+            last = self._stream_iters.get(sid)
+            kw: dict[str, Any] = ({"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": last} if last
+                                  else {"ShardIteratorType": "TRIM_HORIZON"})
+            iterator = streams.get_shard_iterator(StreamArn=self.stream_arn, ShardId=sid, **kw)["ShardIterator"]
             # Read the shard to its end: a full page of records the filter drops must not look like idle.
             while True:
-                res = streams.get_records(ShardIterator=self._stream_iters[sid], Limit=1000)
-                self._stream_iters[sid] = res["NextShardIterator"]
+                res = streams.get_records(ShardIterator=iterator, Limit=1000)
+                iterator = res["NextShardIterator"]
                 for r in res["Records"]:
+                    self._stream_iters[sid] = r["dynamodb"]["SequenceNumber"]
                     rec = self._lambda_record(r)
                     if self._matches(rec):
                         self._stream_pending.append(rec)
