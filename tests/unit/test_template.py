@@ -680,7 +680,7 @@ def test_silence_function_runs_on_a_schedule_with_a_narrow_role(tpl: dict[str, A
     assert props(tpl, "SilenceLogGroup")["LogGroupName"] == {"Fn::Sub": "/aws/lambda/${AWS::StackName}-silence"}
     actions = {a for acts, _ in _grants(translated, "SilenceRole") for a in acts}
     assert actions == {"logs:CreateLogStream", "logs:PutLogEvents", "xray:PutTraceSegments",
-                       "xray:PutTelemetryRecords", "dynamodb:GetItem", "dynamodb:Query", "dynamodb:UpdateItem",
+                       "xray:PutTelemetryRecords", "dynamodb:Query", "dynamodb:UpdateItem",
                        "secretsmanager:GetSecretValue", "sns:Publish", "kms:GenerateDataKey", "kms:Decrypt"}
     assert _resources_for(translated, "SilenceRole", "sns:Publish") == [{"Ref": "OpsTopic"}]
 
