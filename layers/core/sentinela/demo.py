@@ -66,6 +66,7 @@ def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None
         result["status"] = local_status(stack)
         out("")
         out(render_status(result["status"]))
+        result["latency"] = _latency_probe(stack, store, keys, out)
         if json_out:
             json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
         return result
@@ -107,6 +108,38 @@ def _upload_via_uploader(stack: LocalStack, store: Store, files: list[Path], bas
     out(f"the uploader sent {len(keys)} of {len(files)} files through {stack.uploads_url} "
         f"(FLAC saved {saved} bytes)")
     return keys
+
+
+def _latency_probe(stack: LocalStack, store: Store, keys: dict[str, Path], out: Any) -> dict[str, Any] | None:
+    """Upload -> SMS for one clip on the now idle stack, the delay a ranger feels: the clip that opened
+    the first incident is sent again to a probe site of its own (so it opens an incident there)."""
+    opened = sorted((i for i in store.scan_all() if i.get("type") == "alert" and i.get("outcome") == "opened"),
+                    key=lambda i: str(i["key"]))
+    path = next((keys[a["key"]] for a in opened if a["key"] in keys), None)
+    if path is None:
+        return None
+    site, phone = "latency-probe", "+15005550999"
+    store.put_site({"site_id": site, "name": "Latency probe", "lat": -37.79, "lon": -72.99, "tz": "America/Santiago"})
+    store.put_ranger(site, {"ranger_id": "probe", "name": "Probe", "phone": phone, "lang": "en"})
+    log_path = REPO / "out" / "demo-handlers.log"
+    with _stderr_to(log_path):
+        stack.start_background()
+        t0 = time.perf_counter()
+        stack.upload(path, site, "rec-probe", ext=path.suffix.lower().lstrip("."))
+        deadline = time.monotonic() + 120
+        while not any(m.to == phone for m in stack.twilio.outbox) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        took = time.perf_counter() - t0
+        stack.stop_background()
+    if not any(m.to == phone for m in stack.twilio.outbox):
+        out(f"latency probe: no SMS within 120 s for {path.name}")
+        return None
+    clip = next(i for i in store.scan_all() if i.get("type") == "clip" and i.get("site_id") == site)
+    res = {"file": path.name, "upload_to_sms_s": round(took, 2), "classify_ms": clip.get("processing_ms"),
+           "clip_seconds": clip.get("duration_s")}
+    out(f"latency: upload -> SMS for one clip ({path.name}, {clip.get('duration_s', 0):.1f} s) on the idle "
+        f"local stack: {took:.2f} s, of which classify {clip.get('processing_ms')} ms")
+    return res
 
 
 @contextlib.contextmanager
