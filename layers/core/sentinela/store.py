@@ -310,14 +310,7 @@ class Store:
     # What `sentinela status` reads (sentinela.ops_cli).
     def site_items(self, site_id: str) -> list[dict[str, Any]]:
         """Everything under a site's partition: site, rangers, devices, last-seen, open-incident slots."""
-        out: list[dict[str, Any]] = []
-        kw: dict[str, Any] = {"KeyConditionExpression": Key("pk").eq(f"SITE#{site_id}")}
-        while True:
-            page = self.table.query(**kw)
-            out.extend(from_ddb(i) for i in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return out
-            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return self._all(self.table.query, {"KeyConditionExpression": Key("pk").eq(f"SITE#{site_id}")})
 
     def incident_item(self, incident_id: str) -> dict[str, Any] | None:
         item = self.table.get_item(Key={"pk": f"INC#{incident_id}", "sk": "INCIDENT"}).get("Item")
@@ -332,15 +325,8 @@ class Store:
         return self._query_range("REJECTED", f"CLIP#{since}", "CLIP#~")
 
     def _query_range(self, pk: str, low: str, high: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        kw: dict[str, Any] = {"IndexName": "gsi1",
-                              "KeyConditionExpression": Key("gsi1pk").eq(pk) & Key("gsi1sk").between(low, high)}
-        while True:
-            page = self.table.query(**kw)
-            out.extend(from_ddb(i) for i in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return out
-            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        cond = Key("gsi1pk").eq(pk) & Key("gsi1sk").between(low, high)
+        return self._all(self.table.query, {"IndexName": "gsi1", "KeyConditionExpression": cond})
 
     def _conditional_update(self, site_id: str, device_id: str, update: str, condition: str,
                             values: dict[str, Any]) -> bool:
@@ -495,26 +481,12 @@ class Store:
     def incidents_due(self, now: str) -> list[dict[str, Any]]:
         """Open incidents whose escalation time has come (the sparse ESCALATE index entries)."""
         cond = Key("gsi1pk").eq("ESCALATE") & Key("gsi1sk").lte(f"{now}~")
-        out: list[dict[str, Any]] = []
-        kw: dict[str, Any] = {"IndexName": "gsi1", "KeyConditionExpression": cond}
-        while True:
-            page = self.table.query(**kw)
-            out.extend(from_ddb(i) for i in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return out
-            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return self._all(self.table.query, {"IndexName": "gsi1", "KeyConditionExpression": cond})
 
     def alerts_between(self, site_id: str, start: str, end: str) -> list[dict[str, Any]]:
         """The site's alert items recorded in [start, end] (UTC ISO), via gsi1 SITE#<site> / ALERT#<time>."""
         cond = Key("gsi1pk").eq(f"SITE#{site_id}") & Key("gsi1sk").between(f"ALERT#{start}", f"ALERT#{end}~")
-        out: list[dict[str, Any]] = []
-        kw: dict[str, Any] = {"IndexName": "gsi1", "KeyConditionExpression": cond}
-        while True:
-            page = self.table.query(**kw)
-            out.extend(from_ddb(i) for i in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return out
-            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return self._all(self.table.query, {"IndexName": "gsi1", "KeyConditionExpression": cond})
 
     def annotate_alert(self, clip_id: str, threat: str, fields: Mapping[str, Any]) -> None:
         """The decision trace and outcome on the alert item (an update: a stream MODIFY, which the notify
@@ -555,53 +527,36 @@ class Store:
 
     def list_incidents(self) -> list[dict[str, Any]]:
         """Every incident (a scan: for the demo and small tables, not for a hot path)."""
+        return self._all(self.table.scan, {"FilterExpression": "#t = :t", "ExpressionAttributeNames": {"#t": "type"},
+                                           "ExpressionAttributeValues": {":t": "incident"}})
+
+    # --- scans for the local stack and the CLI ------------------------------------------------
+    @staticmethod
+    def _all(op: Any, kw: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every item of a query or scan, page after page."""
         out: list[dict[str, Any]] = []
-        kw: dict[str, Any] = {"FilterExpression": "#t = :t", "ExpressionAttributeNames": {"#t": "type"},
-                              "ExpressionAttributeValues": {":t": "incident"}}
         while True:
-            page = self.table.scan(**kw)
+            page = op(**kw)
             out.extend(from_ddb(i) for i in page.get("Items", []))
             if "LastEvaluatedKey" not in page:
                 return out
-            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+            kw = kw | {"ExclusiveStartKey": page["LastEvaluatedKey"]}
 
-    # --- scans for the local stack and the CLI ------------------------------------------------
     def clips_for_site(self, site_id: str, since: str = "") -> list[dict[str, Any]]:
         return self._query_index(f"SITE#{site_id}", f"CLIP#{since}")
 
     def _query_pk(self, pk: str, prefix: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        kw: dict[str, Any] = {"KeyConditionExpression": Key("pk").eq(pk) & Key("sk").begins_with(prefix),
-                              "ConsistentRead": True}
-        while True:
-            page = self.table.query(**kw)
-            out.extend(from_ddb(i) for i in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return out
-            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        cond = Key("pk").eq(pk) & Key("sk").begins_with(prefix)
+        return self._all(self.table.query, {"KeyConditionExpression": cond, "ConsistentRead": True})
 
     def _query_index(self, pk: str, prefix: str = "") -> list[dict[str, Any]]:
         cond = Key("gsi1pk").eq(pk)
         if prefix:
             cond = cond & Key("gsi1sk").begins_with(prefix)
-        out: list[dict[str, Any]] = []
-        kw: dict[str, Any] = {"IndexName": "gsi1", "KeyConditionExpression": cond}
-        while True:
-            page = self.table.query(**kw)
-            out.extend(from_ddb(i) for i in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return out
-            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return self._all(self.table.query, {"IndexName": "gsi1", "KeyConditionExpression": cond})
 
     def scan_all(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        kw: dict[str, Any] = {}
-        while True:
-            page = self.table.scan(**kw)
-            out.extend(from_ddb(i) for i in page.get("Items", []))
-            if "LastEvaluatedKey" not in page:
-                return out
-            kw["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return self._all(self.table.scan, {})
 
 
 def epoch() -> int:
