@@ -86,9 +86,13 @@ def test_train_writes_head_report_and_card(trained: dict[str, Path]) -> None:
         assert rule["operating_point"]["recall"] is not None
     report = json.loads((trained["out"].parent / "training_report.json").read_text())
     assert len(report["data"]["manifest_sha256"]) == 64
-    assert set(report["cv"]) == {"with_augmentation", "without_augmentation"}
+    assert set(report["cv"]) == {"committed", "variants"}
+    assert "augmentation (threat mixed into background, +6/0/-6 dB)" in report["cv"]["variants"]
+    # the tiny model's logits are not a dense layer on its embedding: the head falls back to the embedding
+    assert report["prior"]["linear"] is False
     assert [s["file"] for s in report["data"]["skipped"]] == ["background/broken.wav"]
-    assert "Retraining on your own clips" in (trained["out"].parent / "TRAINING_REPORT.md").read_text()
+    md = (trained["out"].parent / "TRAINING_REPORT.md").read_text()
+    assert "Retraining on your own clips" in md and "## Findings" in md and "## Every variant tried" in md
 
 
 def test_eval_reports_metrics_and_skips_unreadable(
@@ -142,3 +146,51 @@ def test_group_key_keeps_one_recording_together() -> None:
     assert group_key("3_george_0") == group_key("7_george_0")  # one speaker
     assert group_key("birds_t000-020") == group_key("birds_t025-045")  # cuts of one recording
     assert group_key("gunshot_1") != group_key("gunshot_2")
+
+
+def _linear_base_model(path: Path, d: int, labels: list[str], rng: np.random.Generator) -> tuple[np.ndarray,
+                                                                                                   np.ndarray]:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = rng.standard_normal((d, len(labels))).astype(np.float32)
+    b = rng.standard_normal(len(labels)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["embedding", "W"], ["mm"]), helper.make_node("Add", ["mm", "B"], ["Identity"])],
+        "linear", [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", d])],
+        [helper.make_tensor_value_info("Identity", TensorProto.FLOAT, ["batch", len(labels)])],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+    onnx.save(helper.make_model(graph), str(path))
+    return w, b
+
+
+def test_logit_prior_folds_into_the_head_and_onnx_matches(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from sentinela import train as T
+
+    rng = np.random.default_rng(3)
+    d, labels = 16, ["Bird_A", "Engine_Engine", "Dog_Dog"]
+    w, b = _linear_base_model(tmp_path / "m.onnx", d, labels, rng)
+    assert b.shape == (3,)
+    card = SimpleNamespace(path=tmp_path / "m.onnx", logits_output="Identity", embedding_output="embedding",
+                           labels=tuple(labels))
+    prior = T.base_logit_layer(card, ["Engine_Engine"])  # type: ignore[arg-type]
+    assert prior is not None
+    np.testing.assert_allclose(prior.w[:, 0], w[:, 1], rtol=1e-6)
+    x = rng.standard_normal((120, d)).astype(np.float32)
+    y = np.arange(120) % len(T.HEAD_CLASSES)
+    wt = np.ones(120)
+    folded = T._fit_ovr(x, y, wt, 0.1, prior)
+    explicit = T._fit_ovr(prior.features(x).astype(np.float32), y, wt, 0.1)  # the same features, not folded
+    np.testing.assert_allclose(folded.predict(x), explicit.predict(prior.features(x)), atol=1e-4)
+    for head in (folded, T._fit_mlp(x, y, wt, 0.1, 8, prior)):
+        assert T.check_onnx(T.head_onnx_bytes(head), head, x) < 1e-5
+    # logits that are not a dense layer on the embedding cannot fold: no prior, not a wrong one
+    import onnx
+
+    m = onnx.load(str(card.path))
+    m.graph.node[1].output[0] = "pre"
+    m.graph.node.append(onnx.helper.make_node("Relu", ["pre"], ["Identity"]))
+    onnx.save(m, str(card.path))
+    assert T.base_logit_layer(card, ["Engine_Engine"]) is None  # type: ignore[arg-type]
