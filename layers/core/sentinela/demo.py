@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import sys
@@ -28,6 +29,8 @@ def find_audio(folder: Path) -> list[Path]:
 
 def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None,
              roster: Path | None = None, out: Any = print, via_uploader: bool = False) -> dict[str, Any]:
+    if out is print:  # bound to the real stdout: the handlers' metrics lines go to a log file meanwhile
+        out = functools.partial(print, file=sys.stdout, flush=True)
     files = find_audio(audio) if audio and audio.is_dir() else []
     if not files:
         where = audio or "(none given)"
@@ -44,17 +47,18 @@ def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None
         n_sites, n_rangers = import_roster(store, load_roster(roster or REPO / "config" / "demo-roster.yaml"))
         out(f"local stack up on {stack.endpoint} (moto), Twilio stub on {stack.twilio.url}; "
             f"{n_sites} site, {n_rangers} on-call rangers")
-        stack.start_background()
-        base = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=len(files) // 60 + 1)
-        keys: dict[str, Path] = {}
-        if via_uploader:
-            keys = _upload_via_uploader(stack, store, files, base, out)
-        for i, f in enumerate([] if via_uploader else files):
-            key, _ = stack.upload(f, SITE, DEVICES[i % len(DEVICES)], base + dt.timedelta(seconds=60 * i),
-                                  ext=f.suffix.lower().lstrip("."))
-            keys[key] = f
-        out(f"uploaded {len(files)} clips from {audio}; classifying ...")
+        # The router classifies while the uploads go on; the handlers' output goes to the log meanwhile.
         with _stderr_to(log_path):
+            stack.start_background()
+            base = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=len(files) // 60 + 1)
+            keys: dict[str, Path] = {}
+            if via_uploader:
+                keys = _upload_via_uploader(stack, store, files, base, out)
+            for i, f in enumerate([] if via_uploader else files):
+                key, _ = stack.upload(f, SITE, DEVICES[i % len(DEVICES)], base + dt.timedelta(seconds=60 * i),
+                                      ext=f.suffix.lower().lstrip("."))
+                keys[key] = f
+            out(f"uploaded {len(files)} clips from {audio}; classifying ...")
             _wait(stack)
             stack.stop_background()
             stack.run_until_idle()
