@@ -44,6 +44,17 @@ def from_ddb(value: Any) -> Any:
     return value
 
 
+def conditional(op: Any, **kw: Any) -> bool:
+    """Run a conditional write; False (not an error) when its condition does not hold."""
+    try:
+        op(**kw)
+        return True
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+            return False
+        raise
+
+
 def clip_id_for(key: str, version_id: str | None) -> str:
     """A new object version is a new clip; the same version delivered twice is the same clip."""
     base = key[len("clips/"):] if key.startswith("clips/") else "badkey/" + hashlib.sha1(key.encode()).hexdigest()[:16]
@@ -128,13 +139,10 @@ class Store:
             "key": ref.key, "version_id": ref.version_id, "model_id": model_id, "duration_s": duration_s,
             "created_at": now_iso(), "gsi1pk": f"SITE#{ref.site_id}", "gsi1sk": f"ALERT#{ref.recorded_at}",
         }
-        try:
-            self.table.put_item(Item=to_ddb(item), ConditionExpression="attribute_not_exists(pk)")
-            return True
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
+        return conditional(
+            self.table.put_item,
+            Item=to_ddb(item), ConditionExpression="attribute_not_exists(pk)"
+        )
 
     def alerts(self, clip_id: str) -> list[dict[str, Any]]:
         return self._query_pk(f"CLIP#{clip_id}", "ALERT#")
@@ -206,15 +214,12 @@ class Store:
         site, dev = device["site_id"], device["device_id"]
         item = dict(device) | {"pk": f"SITE#{site}", "sk": f"DEVICE#{dev}", "type": "device",
                                "gsi1pk": "DEVICES", "gsi1sk": f"{site}#{dev}"}
-        try:
-            self.table.put_item(Item=to_ddb(item), ConditionExpression="attribute_not_exists(pk) OR #s = :revoked",
-                                ExpressionAttributeNames={"#s": "status"},
-                                ExpressionAttributeValues={":revoked": "revoked"})
-            return True
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
+        return conditional(
+            self.table.put_item,
+            Item=to_ddb(item), ConditionExpression="attribute_not_exists(pk) OR #s = :revoked",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":revoked": "revoked"}
+        )
 
     def get_device(self, site_id: str, device_id: str) -> dict[str, Any] | None:
         item = self.table.get_item(Key={"pk": f"SITE#{site_id}", "sk": f"DEVICE#{device_id}"},
@@ -223,19 +228,14 @@ class Store:
 
     def revoke_device(self, site_id: str, device_id: str, at: str) -> bool:
         """Mark a device revoked (its secret stops working); False when there is no such device."""
-        try:
-            self.table.update_item(
-                Key={"pk": f"SITE#{site_id}", "sk": f"DEVICE#{device_id}"},
-                UpdateExpression="SET #s = :revoked, revoked_at = :at",
-                ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={":revoked": "revoked", ":at": at},
-            )
-            return True
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
+        return conditional(
+            self.table.update_item,
+            Key={"pk": f"SITE#{site_id}", "sk": f"DEVICE#{device_id}"},
+            UpdateExpression="SET #s = :revoked, revoked_at = :at",
+            ConditionExpression="attribute_exists(pk)",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":revoked": "revoked", ":at": at},
+        )
 
     def list_devices(self, site_id: str | None = None) -> list[dict[str, Any]]:
         if site_id:
@@ -245,19 +245,14 @@ class Store:
     def count_upload_request(self, site_id: str, device_id: str, minute: str, limit: int, expires_at: int) -> bool:
         """Count one upload request in the device's current minute; False (not counted) once ``limit``
         requests were counted in that minute. One conditional update: no read-modify-write race."""
-        try:
-            self.table.update_item(
-                Key={"pk": f"SITE#{site_id}", "sk": f"UPLOADRATE#{device_id}#{minute}"},
-                UpdateExpression="ADD n :one SET #t = :type, expires_at = :exp",
-                ConditionExpression="attribute_not_exists(n) OR n < :limit",
-                ExpressionAttributeNames={"#t": "type"},
-                ExpressionAttributeValues={":one": 1, ":limit": limit, ":type": "upload_rate", ":exp": expires_at},
-            )
-            return True
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
+        return conditional(
+            self.table.update_item,
+            Key={"pk": f"SITE#{site_id}", "sk": f"UPLOADRATE#{device_id}#{minute}"},
+            UpdateExpression="ADD n :one SET #t = :type, expires_at = :exp",
+            ConditionExpression="attribute_not_exists(n) OR n < :limit",
+            ExpressionAttributeNames={"#t": "type"},
+            ExpressionAttributeValues={":one": 1, ":limit": limit, ":type": "upload_rate", ":exp": expires_at},
+        )
 
     # --- device last-seen and silence episodes (issue 6: silence is an alarm; sentinela.silence) -------
     # ``SITE#<site>`` / ``SEEN#<device>``, type "device_seen": last_upload_at (when classify received the
@@ -266,21 +261,16 @@ class Store:
     # ``DEVICE#`` item so that classify never creates or overwrites a registration. One conditional
     # UpdateItem per clip, monotonic under concurrent or replayed deliveries.
     def mark_device_seen(self, site_id: str, device_id: str, at: str, key: str) -> bool:
-        try:
-            self.table.update_item(
-                Key={"pk": f"SITE#{site_id}", "sk": f"SEEN#{device_id}"},
-                UpdateExpression="SET #t = :type, site_id = :site, device_id = :dev, last_upload_at = :at, "
-                                 "last_clip_key = :key ADD uploads :one",
-                ConditionExpression="attribute_not_exists(last_upload_at) OR last_upload_at < :at",
-                ExpressionAttributeNames={"#t": "type"},
-                ExpressionAttributeValues={":type": "device_seen", ":site": site_id, ":dev": device_id,
-                                           ":at": at, ":key": key, ":one": 1},
-            )
-            return True
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
+        return conditional(
+            self.table.update_item,
+            Key={"pk": f"SITE#{site_id}", "sk": f"SEEN#{device_id}"},
+            UpdateExpression="SET #t = :type, site_id = :site, device_id = :dev, last_upload_at = :at, "
+                             "last_clip_key = :key ADD uploads :one",
+            ConditionExpression="attribute_not_exists(last_upload_at) OR last_upload_at < :at",
+            ExpressionAttributeNames={"#t": "type"},
+            ExpressionAttributeValues={":type": "device_seen", ":site": site_id, ":dev": device_id,
+                                       ":at": at, ":key": key, ":one": 1},
+        )
 
     def seen_devices(self, site_id: str) -> list[dict[str, Any]]:
         return self._query_pk(f"SITE#{site_id}", "SEEN#")
@@ -330,15 +320,12 @@ class Store:
 
     def _conditional_update(self, site_id: str, device_id: str, update: str, condition: str,
                             values: dict[str, Any]) -> bool:
-        try:
-            self.table.update_item(Key={"pk": f"SITE#{site_id}", "sk": f"SEEN#{device_id}"},
-                                   UpdateExpression=update, ConditionExpression=condition,
-                                   ExpressionAttributeValues=values)
-            return True
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
+        return conditional(
+            self.table.update_item,
+            Key={"pk": f"SITE#{site_id}", "sk": f"SEEN#{device_id}"},
+            UpdateExpression=update, ConditionExpression=condition,
+            ExpressionAttributeValues=values
+        )
 
     # --- incidents, replies and escalation (alerts rangers trust: sentinela.incidents) ------------
     # incident   pk INC#<id>  sk INCIDENT      state, counters, who/when; gsi1 ESCALATE/<due>#<id> while open
@@ -465,15 +452,12 @@ class Store:
             else:
                 values[f":c{i}"] = to_ddb(v)
                 conds.append(f"#c{i} = :c{i}")
-        try:
-            self.table.update_item(Key={"pk": f"INC#{incident_id}", "sk": "INCIDENT"}, UpdateExpression=expr,
-                                   ConditionExpression=" AND ".join(conds), ExpressionAttributeNames=names,
-                                   ExpressionAttributeValues=values)
-            return True
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
+        return conditional(
+            self.table.update_item,
+            Key={"pk": f"INC#{incident_id}", "sk": "INCIDENT"}, UpdateExpression=expr,
+            ConditionExpression=" AND ".join(conds), ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values
+        )
 
     def incident_members(self, incident_id: str) -> list[dict[str, Any]]:
         return self._query_pk(f"INC#{incident_id}", "MEMBER#")
