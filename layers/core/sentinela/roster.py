@@ -7,8 +7,8 @@ import contextlib
 import csv
 import json
 import re
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -107,12 +107,6 @@ def is_on_call(ranger: Mapping[str, Any], site: Mapping[str, Any] | None, when: 
         return True
     local = when.astimezone(zone((site or {}).get("tz")))
     return any(in_shift(s, local) for s in shifts)
-
-
-def on_call_at(rangers: Iterable[dict[str, Any]], site: Mapping[str, Any] | None,
-               when: datetime | None = None) -> list[dict[str, Any]]:
-    at = when or datetime.now(UTC)
-    return [r for r in rangers if is_on_call(r, site, at)]
 
 
 def next_change(ranger: Mapping[str, Any], site: Mapping[str, Any] | None, when: datetime) -> datetime | None:

@@ -68,10 +68,6 @@ class SmsError(Exception):
     def permanent(self) -> bool:
         return self.code in PERMANENT_CODES
 
-    @property
-    def retryable(self) -> bool:
-        return not self.permanent
-
 
 @dataclass(frozen=True)
 class Sent:

@@ -92,11 +92,6 @@ class Store:
             item["gsi1sk"] = f"CLIP#{now_iso()}#{ref.clip_id}"
         return item
 
-    def get_clip(self, clip_id: str) -> dict[str, Any] | None:
-        got = self.table.get_item(Key={"pk": f"CLIP#{clip_id}", "sk": "CLIP"}, ConsistentRead=True)
-        item = got.get("Item")
-        return from_ddb(item) if item else None
-
     def mark_processing(self, ref: ClipRef, received_at: str) -> None:
         item = self._clip_base(ref) | {"status": "processing", "received_at": received_at, "updated_at": now_iso()}
         self.table.put_item(Item=to_ddb(item))
@@ -525,9 +520,6 @@ class Store:
             if "LastEvaluatedKey" not in page:
                 return out
             kw = kw | {"ExclusiveStartKey": page["LastEvaluatedKey"]}
-
-    def clips_for_site(self, site_id: str, since: str = "") -> list[dict[str, Any]]:
-        return self._query_index(f"SITE#{site_id}", f"CLIP#{since}")
 
     def _query_pk(self, pk: str, prefix: str) -> list[dict[str, Any]]:
         cond = Key("pk").eq(pk) & Key("sk").begins_with(prefix)

@@ -10,7 +10,6 @@ handler and redelivers what ``batchItemFailures`` names, then dead-letters after
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import importlib.util
 import json
@@ -20,7 +19,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -537,11 +536,3 @@ class LocalStack:
             out.append(json.loads(m["Body"]))
         return out
 
-
-@contextlib.contextmanager
-def local_stack(**kw: Any) -> Iterator[LocalStack]:
-    stack = LocalStack(**kw).start()
-    try:
-        yield stack
-    finally:
-        stack.stop()
