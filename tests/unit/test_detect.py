@@ -45,6 +45,29 @@ def test_confirmation_rule_holds_back_a_single_window(tiny_card: ModelCard) -> N
     assert not gun.alert and gun.reason == "held: 1 window(s) >= 0.80, rule needs 3"
 
 
+def test_decisions_carry_the_quiet_operating_point_and_eval_can_apply_it(tiny_card: ModelCard) -> None:
+    from dataclasses import replace
+
+    from sentinela.card import at_operating_point
+
+    rules = dict(tiny_card.threats)
+    rules["gunshot"] = replace(rules["gunshot"], quiet=0.97)
+    card = replace(tiny_card, threats=rules)
+    names = tuple(card.threats)
+    row = [0.0] * 5
+    row[names.index("gunshot")] = 0.9
+    det = Detector(card, names)
+    det.add(_batch(card, [0.0], [row]))
+    gun = next(d for d in det.finish().decisions if d.threat == "gunshot")
+    # classify alerts at the balanced threshold and hands the quiet one on (the alert item carries it)
+    assert gun.alert and gun.threshold == 0.8 and gun.quiet_threshold == 0.97
+    quiet = at_operating_point(card, "quiet")
+    assert quiet.threats["gunshot"].alert == 0.97 and quiet.threats["dog"] == card.threats["dog"]
+    det = Detector(quiet, names)
+    det.add(_batch(quiet, [0.0], [row]))
+    assert not next(d for d in det.finish().decisions if d.threat == "gunshot").alert
+
+
 def test_tiny_model_hears_what_the_tests_generate(tiny: Model) -> None:
     out = classify_source(encode(impulse()), tiny)
     assert [a.threat for a in out.result.alerts] == ["gunshot"]

@@ -36,7 +36,21 @@ def test_bad_overrides_are_named() -> None:
     problems = validate_override({"classes": {"gunshot": {"cooldown": 5, "threshold": 2}}, "extra": 1})
     text = "; ".join(problems)
     assert "unknown section(s) ['extra']" in text and "unknown key(s) ['cooldown']" in text
-    assert "threshold must be null or within 0..1" in text
+    assert "threshold must be null, 'quiet' or a number within 0..1" in text
+    assert validate_override({"defaults": {"threshold": "quiet"}}) == []
+    assert "threshold must be" in "; ".join(validate_override({"defaults": {"threshold": "loud"}}))
+
+
+def test_quiet_threshold_reads_the_cards_quiet_point_from_the_alert() -> None:
+    cp = class_policy("gunshot", {"policy": {"defaults": {"threshold": "quiet"}}})
+    assert cp.threshold == "quiet"
+    held = evaluate(dict(ALERT, threshold=0.6, quiet_threshold=0.95), cp, [], [])
+    assert not held.alert and held.trace[0].numbers == {"confidence": 0.91, "threshold": 0.95}
+    assert held.reason == "confidence 0.91 < 0.95 (model card, quiet operating point)"
+    assert evaluate(dict(ALERT, threshold=0.6, quiet_threshold=0.9), cp, [], []).alert
+    # a card without a quiet point: its own threshold, and the trace says so
+    old = evaluate(dict(ALERT, threshold=0.6), cp, [], [])
+    assert old.alert and "it has no quiet operating point" in old.trace[0].detail
 
 
 def test_windows_within_counts_the_densest_span() -> None:

@@ -25,6 +25,7 @@ class ThreatRule:
     store: float
     alert: float
     min_windows: int = 1
+    quiet: float | None = None  # the quiet operating point's alert threshold (>= alert), when trained
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,12 @@ def load_card(path: str | Path) -> ModelCard:
         alert = _threshold(rule.get("alert", 0.5), f"threats.{name}.alert")
         if store > alert:
             raise CardError(f"model card: threats.{name}.store ({store}) is above its alert threshold ({alert})")
+        quiet = None
+        if rule.get("quiet") is not None:
+            quiet = _threshold(_req(rule["quiet"], "alert", f"threats.{name}.quiet"), f"threats.{name}.quiet.alert")
+            if quiet < alert:
+                raise CardError(f"model card: threats.{name}.quiet.alert ({quiet}) is below its alert threshold "
+                                f"({alert}); the quiet point only holds alerts back")
         unknown = [lab for lab in rule.get("model_labels", []) if lab not in labels]
         if unknown:
             raise CardError(f"model card: threats.{name}.model_labels not in the model's labels: {unknown}")
@@ -116,6 +123,7 @@ def load_card(path: str | Path) -> ModelCard:
             store=store,
             alert=alert,
             min_windows=int(rule.get("min_windows", 1)),
+            quiet=quiet,
         )
     head = None
     if raw.get("head"):
@@ -149,11 +157,26 @@ def load_card(path: str | Path) -> ModelCard:
     )
 
 
+def at_operating_point(card: ModelCard, point: str) -> ModelCard:
+    """The card with the quiet operating point's alert thresholds in force (``point == "quiet"``; classes
+    without one keep theirs), or unchanged (``"balanced"``, the card's own thresholds)."""
+    if point == "balanced":
+        return card
+    if point != "quiet":
+        raise CardError(f"unknown operating point {point!r}: balanced or quiet")
+    from dataclasses import replace
+
+    rules = {n: replace(r, alert=r.quiet) if r.quiet is not None else r for n, r in card.threats.items()}
+    return replace(card, threats=rules)
+
+
 def with_alert_override(card: ModelCard, alert: float | None) -> ModelCard:
     """Deployment-wide alert threshold (template parameter), when ops set one, for every class."""
     if alert is None:
         return card
     from dataclasses import replace
 
-    rules = {n: replace(r, alert=alert, store=min(r.store, alert)) for n, r in card.threats.items()}
+    rules = {n: replace(r, alert=alert, store=min(r.store, alert),
+                        quiet=None if r.quiet is None else max(r.quiet, alert))
+             for n, r in card.threats.items()}
     return replace(card, threats=rules)

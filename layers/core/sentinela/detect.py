@@ -36,6 +36,7 @@ class AlertDecision:
     min_windows: int
     first_s: float | None
     reason: str
+    quiet_threshold: float | None = None  # the card's quiet operating point, for a site's policy to choose
 
 
 @dataclass
@@ -155,12 +156,13 @@ class Detector:
         if n >= rule.min_windows and n > 0:
             reason = (f"{n} window(s) >= alert threshold {rule.alert:.2f} (max {top:.2f}); "
                       f"rule needs {rule.min_windows}")
-            return AlertDecision(t, True, top, n, rule.alert, rule.min_windows, self._first_alert.get(t), reason)
+            return AlertDecision(t, True, top, n, rule.alert, rule.min_windows, self._first_alert.get(t), reason,
+                                 rule.quiet)
         if n > 0:
             reason = f"held: {n} window(s) >= {rule.alert:.2f}, rule needs {rule.min_windows}"
         else:
             reason = f"held: max {top:.2f} < alert threshold {rule.alert:.2f}"
-        return AlertDecision(t, False, top, n, rule.alert, rule.min_windows, None, reason)
+        return AlertDecision(t, False, top, n, rule.alert, rule.min_windows, None, reason, rule.quiet)
 
 
 def _clamp(d: Detection, duration_s: float) -> Detection:

@@ -352,13 +352,13 @@ def _trained_on(head_path: Path) -> str | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .card import CardError, load_card
+    from .card import CardError, at_operating_point, load_card
     from .config import default_card_path
     from .model import Model, ModelError
 
     try:
         clips = scan_dataset(args.dir)
-        card = load_card(args.card or default_card_path())
+        card = at_operating_point(load_card(args.card or default_card_path()), args.operating_point)
         model = Model(card, threads=args.threads)
     except (DatasetError, CardError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -380,6 +380,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         "model_id": card.id,
         "head": None if card.head is None else card.head.path.name,
         "data": {"dir": str(args.dir), "manifest_sha256": data_hash, "clips": len(run.scores)},
+        "operating_point": args.operating_point,
         "min_windows": {t: r.min_windows for t, r in card.threats.items()},
         **metrics,
         "skipped": run.skipped,
@@ -416,6 +417,8 @@ def register(subparsers: Any) -> None:
     e.add_argument("--json", help="write the metrics as JSON to this file")
     e.add_argument("--plots", help="write confusion_matrix.png and pr_curves.png into this folder")
     e.add_argument("--card", help="model card (default models/card.json)")
+    e.add_argument("--operating-point", choices=("balanced", "quiet"), default="balanced",
+                   help="the card's alert thresholds (balanced, default) or its quiet operating point's")
     e.add_argument("--threads", type=int, default=None)
     e.add_argument("--batch", type=int, default=8)
     e.set_defaults(fn=cmd_eval)

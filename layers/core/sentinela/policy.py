@@ -22,6 +22,7 @@ import yaml
 DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
 KNOWN_KEYS = {"threshold", "confirm", "window_s", "escalation_delay_s", "still_hearing_after_s", "group"}
 CONFIRM_KEYS = {"windows", "within_s", "across_clips"}
+QUIET = "quiet"  # a threshold that names the model card's quiet operating point
 EARLIER_CLIP_SLACK_S = 600
 
 
@@ -40,7 +41,7 @@ class Confirm:
 class ClassPolicy:
     threat: str
     group: str
-    threshold: float | None
+    threshold: float | str | None  # a number, "quiet" (the card's quiet operating point) or None (the card's)
     confirm: Confirm
     window_s: float
     escalation_delay_s: float
@@ -99,8 +100,8 @@ def _check(raw: Mapping[str, Any], where: str) -> list[str]:
             if k in sec and (not isinstance(sec[k], int | float) or sec[k] < 0):
                 problems.append(f"{where}: {name}.{k} must be a number >= 0")
         t = sec.get("threshold")
-        if t is not None and (not isinstance(t, int | float) or not 0 <= t <= 1):
-            problems.append(f"{where}: {name}.threshold must be null or within 0..1")
+        if t is not None and t != QUIET and (not isinstance(t, int | float) or not 0 <= t <= 1):
+            problems.append(f"{where}: {name}.threshold must be null, '{QUIET}' or a number within 0..1")
     return problems
 
 
@@ -148,7 +149,7 @@ def class_policy(threat: str, site: Mapping[str, Any] | None = None,
     thr = merged.get("threshold")
     return ClassPolicy(
         threat=threat, group=str(merged.get("group") or threat),
-        threshold=float(thr) if thr is not None else None,
+        threshold=None if thr is None else QUIET if thr == QUIET else float(thr),
         confirm=Confirm(int(conf.get("windows", 1)), float(conf.get("within_s", 60)),
                         bool(conf.get("across_clips", True))),
         window_s=float(merged.get("window_s", 1800)),
@@ -173,6 +174,19 @@ def windows_within(events: Iterable[Mapping[str, Any]], within_s: float) -> int:
     return best
 
 
+def _limit(alert: Mapping[str, Any], cp: ClassPolicy) -> tuple[float, str]:
+    """The threshold in force for this alert item, and where it came from."""
+    card = float(alert.get("threshold", 0))
+    if cp.threshold == QUIET:
+        quiet = alert.get("quiet_threshold")
+        if quiet is None:  # a card trained before the quiet point existed: its threshold is all there is
+            return card, "model card; it has no quiet operating point"
+        return max(float(quiet), card), "model card, quiet operating point"
+    if cp.threshold is not None:
+        return float(cp.threshold), "policy"
+    return card, "model card"
+
+
 def evaluate(alert: Mapping[str, Any], cp: ClassPolicy, clip_events: list[dict[str, Any]],
              earlier_alerts: list[dict[str, Any]]) -> Verdict:
     """Threshold, then confirmation: in this clip (``clip_events``: its detection events of the class,
@@ -180,8 +194,7 @@ def evaluate(alert: Mapping[str, Any], cp: ClassPolicy, clip_events: list[dict[s
     device (``earlier_alerts``: that device's alert items of the class recorded within the span)."""
     trace: list[Step] = []
     conf = float(alert.get("confidence", 0))
-    limit = cp.threshold if cp.threshold is not None else float(alert.get("threshold", 0))
-    source = "policy" if cp.threshold is not None else "model card"
+    limit, source = _limit(alert, cp)
     if conf < limit:
         trace.append(Step("threshold", "held", f"confidence {conf:.2f} < {limit:.2f} ({source})",
                           {"confidence": conf, "threshold": limit}))

@@ -129,6 +129,7 @@ class Store:
             "pk": f"CLIP#{ref.clip_id}", "sk": f"ALERT#{decision.threat}", "type": "alert", "alert": True,
             "clip_id": ref.clip_id, "threat": decision.threat, "confidence": decision.confidence,
             "alerting_windows": decision.alerting_windows, "threshold": decision.threshold,
+            "quiet_threshold": decision.quiet_threshold,
             "first_s": decision.first_s, "reason": decision.reason, "site_id": ref.site_id,
             "device_id": ref.device_id, "recorded_at": ref.recorded_at, "bucket": ref.bucket,
             "key": ref.key, "version_id": ref.version_id, "model_id": model_id, "duration_s": duration_s,
