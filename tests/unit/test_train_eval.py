@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,6 +119,18 @@ def test_eval_reports_metrics_and_skips_unreadable(
     assert (plots / "pr_curves.png").stat().st_size > 0
     # the synthetic classes are easy: the trained head must actually separate them
     assert res["accuracy"] >= 0.8
+    assert res["operating_point"] == "balanced"
+    card = json.loads(trained["card"].read_text())
+    assert all(rule["quiet"]["alert"] >= rule["alert"] for rule in card["threats"].values())
+    quiet_out = tmp_path / "quiet.json"
+    assert main(["eval", str(trained["data"]), "--card", str(trained["card"]), "--json", str(quiet_out),
+                 "--operating-point", "quiet"]) == 0
+    quiet = json.loads(quiet_out.read_text())
+    assert quiet["operating_point"] == "quiet"
+    for c, v in quiet["classes"].items():  # the quiet point never alerts more often
+        assert v["alert"] == card["threats"][c]["quiet"]["alert"]
+        assert v["recall"] <= res["classes"][c]["recall"]
+    assert quiet["background_false_alarm_rate"] <= res["background_false_alarm_rate"]
 
 
 @pytest.mark.parametrize("cmd", ["train", "eval"])
@@ -194,3 +207,116 @@ def test_logit_prior_folds_into_the_head_and_onnx_matches(tmp_path: Path) -> Non
     m.graph.node.append(onnx.helper.make_node("Relu", ["pre"], ["Identity"]))
     onnx.save(m, str(card.path))
     assert T.base_logit_layer(card, ["Engine_Engine"]) is None  # type: ignore[arg-type]
+
+
+def _scored(labels_scores: list[tuple[str, float]]) -> tuple[list[Any], dict[int, np.ndarray]]:
+    """Fake embedded clips with one window each, scoring ``s`` for every threat class."""
+    from types import SimpleNamespace
+
+    from sentinela import train as T
+
+    data = [SimpleNamespace(clip=SimpleNamespace(label=lab)) for lab, _ in labels_scores]
+    probs = {i: np.full((1, len(T.HEAD_CLASSES)), s, np.float32) for i, (_, s) in enumerate(labels_scores)}
+    return data, probs
+
+
+def test_quiet_thresholds_keep_background_alerts_within_the_budget() -> None:
+    from sentinela import train as T
+
+    # 40 background clips: three score high (0.9, 0.8, 0.7) for every class, the rest 0.1; threats score
+    # 0.95 (half of them) or 0.75 (the other half)
+    items = [("background", s) for s in (0.9, 0.8, 0.7)] + [("background", 0.1)] * 37
+    for c in T.THREAT_CLASSES:
+        items += [(c, 0.95)] * 5 + [(c, 0.75)] * 5
+    data, probs = _scored(items)
+    one = {c: 1 for c in T.THREAT_CLASSES}
+    floor = {c: 0.5 for c in T.THREAT_CLASSES}
+    q = T.choose_quiet_thresholds(data, [probs], one, floor, budget=0.03)  # type: ignore[arg-type]
+    # floor(0.03 x 40) = 1 background clip may alert, summed over the classes: one class gets the
+    # allowance (its threshold goes just below 0.9: the recall of its 0.95 clips, no more), the others sit
+    # above every background clip
+    bg_alerts = sum(1 for c in T.THREAT_CLASSES for s in (0.9, 0.8, 0.7, 0.1) if s >= q[c])
+    assert bg_alerts <= 1
+    assert all(q[c] >= floor[c] for c in T.THREAT_CLASSES)
+    assert all(q[c] <= 0.95 for c in T.THREAT_CLASSES)  # every class keeps its clearly separated half
+    # a budget that allows them all: thresholds drop to take the 0.75 clips as well
+    loose = T.choose_quiet_thresholds(data, [probs], one, floor, budget=0.5)  # type: ignore[arg-type]
+    assert all(loose[c] <= 0.75 for c in T.THREAT_CLASSES)
+    # never below the balanced (floor) threshold
+    high = {c: 0.97 for c in T.THREAT_CLASSES}
+    strict = T.choose_quiet_thresholds(data, [probs], one, high, budget=0.5)  # type: ignore[arg-type]
+    assert all(v >= 0.97 for v in strict.values())
+
+
+def test_softmax_head_exports_to_onnx_that_matches() -> None:
+    from sentinela import train as T
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((90, 16)).astype(np.float32)
+    y = np.arange(90) % len(T.HEAD_CLASSES)
+    head = T._fit_softmax(x, y, np.ones(90), 0.1)
+    p = head.predict(x)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert T.check_onnx(T.head_onnx_bytes(head), head, x) < 1e-5
+    assert "Softmax" in head.describe()
+
+
+def test_card_refuses_a_quiet_threshold_below_the_alert_threshold(tmp_path: Path) -> None:
+    from sentinela.card import CardError, load_card
+
+    card = tiny_model.build(tmp_path / "m")
+    raw = json.loads(card.read_text())
+    rule = next(iter(raw["threats"].values()))
+    rule["quiet"] = {"alert": max(0.0, rule["alert"] - 0.1)}
+    card.write_text(json.dumps(raw))
+    with pytest.raises(CardError, match=r"quiet\.alert .* is below its alert threshold"):
+        load_card(card)
+    rule["quiet"] = {"alert": min(1.0, rule["alert"] + 0.05)}
+    card.write_text(json.dumps(raw))
+    name = next(iter(raw["threats"]))
+    assert load_card(card).threats[name].quiet == min(1.0, rule["alert"] + 0.05)
+
+
+def test_source_of_a_clip_and_leave_one_source_out_in_the_report(trained: dict[str, Path]) -> None:
+    from sentinela.evaluate import LabelledClip
+    from sentinela.train import source_of
+
+    p = Path("x")
+    assert source_of(LabelledClip("gunshot/us8k__1-6-0-0.wav", p, "gunshot", "Some/Repo/fs:1")) == "Some/Repo"
+    assert source_of(LabelledClip("gunshot/belize__gunshot_1.wav", p, "gunshot", "belize__gunshot_1")) == "belize"
+    assert source_of(LabelledClip("dog/bark.wav", p, "dog", "bark")) == "dog"
+    report = json.loads((trained["out"].parent / "training_report.json").read_text())
+    # the synthetic clips have no source prefix: each label folder is its own source; holding out a
+    # threat's folder leaves that class unheard, and the report says so rather than scoring it
+    by_source = report["leave_one_source_out"]
+    assert by_source["gunshot"]["labels"]["gunshot"]["unheard"] is True
+    md = (trained["out"].parent / "TRAINING_REPORT.md").read_text()
+    assert "## Leave one source dataset out" in md and "*unheard*" in md
+
+
+def test_blend_with_the_base_models_rows_is_exact_and_stays_one_layer() -> None:
+    from dataclasses import replace
+
+    from sentinela import train as T
+
+    rng = np.random.default_rng(9)
+    d = 12
+    x = rng.standard_normal((60, d)).astype(np.float32)
+    y = np.arange(60) % len(T.HEAD_CLASSES)
+    head = T._fit_ovr(x, y, np.ones(60), 0.1)
+    base = T.Prior(tuple(f"L{j}" for j in range(5)), rng.standard_normal((d, 5)), rng.standard_normal(5))
+    cfg = replace(T.Config(), base_blend=(("engine", 1.0), ("gunshot", 0.5)))
+    blended = T.blend_base(head, cfg, base)
+    assert len(blended.layers) == 1
+    logit = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731
+    e, g, c = T.THREAT_CLASSES.index("engine"), T.THREAT_CLASSES.index("gunshot"), T.THREAT_CLASSES.index("chainsaw")
+    x64 = x.astype(np.float64)
+    # engine: the base model's own row alone; gunshot: half and half (in logits); chainsaw untouched
+    np.testing.assert_allclose(logit(blended.predict(x)[:, e].astype(np.float64)), x64 @ base.w[:, e] + base.b[e],
+                               rtol=1e-3, atol=1e-3)
+    half = 0.5 * logit(head.predict(x)[:, g].astype(np.float64)) + 0.5 * (x64 @ base.w[:, g] + base.b[g])
+    np.testing.assert_allclose(logit(blended.predict(x)[:, g].astype(np.float64)), half, rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(blended.predict(x)[:, c], head.predict(x)[:, c])
+    assert T.check_onnx(T.head_onnx_bytes(blended), blended, x) < 1e-5
+    # without the base rows (a base model whose logits are not a dense layer) nothing changes
+    assert T.blend_base(head, cfg, None) is head

@@ -18,6 +18,11 @@ models/TRAINING_REPORT.md for the figures):
    those the first fit already believes (p >= 0.5); the rest are left out rather than called negative.
    Hard negatives: in the second fit, the 5% of background windows the first fit finds most threat-like
    (drumming, storms, frogs) weigh ten times as much.
+   Blend with the base model: each threat class's column is then mixed, in logit space, with the base
+   model's own classifier row for the class's label (``Config.base_blend``; engine takes BirdNET's Engine
+   row alone). Leave-one-source-out CV showed why: a head fitted on this set's few sources learns the
+   sources (engine recall on a held-out source 1/25), while BirdNET's rows, learnt from far more
+   recordings, carry over (25/25); the blend keeps what the head adds within a source.
 4. Cross-validate with folds grouped by source recording (repeated), choose each class's alert
    threshold on the out-of-fold clip scores (clip score = max window score, as the Detector does), and
    measure the whole procedure honestly with nested CV (thresholds chosen inside each outer fold); the
@@ -85,6 +90,17 @@ class Config:
     hard_neg: float = 10.0  # weight multiplier of the background windows the first fit scores highest
     hard_frac: float = 0.05  # ... this fraction of them
     bg_weight: float = 3.0  # thresholds: recall - bg_weight x background alert rate - other-threat alert rate
+    # Extra training windows of every clip (measured, did not help; see report): the windows half a hop
+    # later (time shift), and the production windows at -12 dB and +6 dB (gain).
+    shift: bool = False
+    gain: bool = False
+    softmax: bool = False  # one multinomial (softmax) regression instead of one-vs-rest sigmoids
+    # Per threat class, how much of the base model's own classifier row for the class's label replaces the
+    # head's (in logit space: (1 - a) x head + a x base; 1 = the base model's label alone). The base model
+    # has heard far more engines and guns than this set holds; the head alone learns the set's few sources.
+    base_blend: tuple[tuple[str, float], ...] = (
+        ("gunshot", 0.5), ("chainsaw", 0.5), ("engine", 1.0), ("human_voice", 0.5), ("dog", 0.5))
+    recentre: bool = True  # shift the base rows' logits to fit the training rows before blending
 
     def windows_for(self) -> dict[str, int]:
         out = {c: self.min_windows for c in THREAT_CLASSES}
@@ -96,7 +112,9 @@ class Config:
                 "aug_snrs_db": list(self.aug_snrs_db), "aug_weight": self.aug_weight,
                 "min_windows": self.windows_for(), "logit_labels": list(self.logit_labels),
                 "logit_scale": self.logit_scale, "hidden": self.hidden, "hard_neg": self.hard_neg,
-                "hard_frac": self.hard_frac, "bg_weight": self.bg_weight}
+                "hard_frac": self.hard_frac, "bg_weight": self.bg_weight, "shift": self.shift, "gain": self.gain,
+                "softmax": self.softmax, "base_blend": dict(self.base_blend),
+                "recentre": self.recentre}
 
 
 @dataclass
@@ -106,6 +124,8 @@ class Embedded:
     duration_s: float
     emb: np.ndarray  # float32 [n_windows, d]
     zero_shot: np.ndarray  # float32 [n_windows, 5] the base model's own threat-label scores
+    # training-only extra windows (``embed_extras``): "shift", "gain_lo", "gain_hi" -> float32 [m, d]
+    extra: dict[str, np.ndarray] | None = None
 
 
 @dataclass
@@ -188,6 +208,43 @@ def embed_dataset(
         if (i + 1) % 25 == 0:
             _log(f"embedded {i + 1}/{len(clips)} clips ({time.perf_counter() - t0:.0f} s)")
     return done, skipped
+
+
+GAINS = {"gain_lo": 10 ** (-12 / 20), "gain_hi": 10 ** (6 / 20)}
+
+
+def embed_extras(model: Any, data: Sequence[Embedded], cache: Path | None) -> None:
+    """Training-only windows of every clip, set on ``Embedded.extra``: the windows that start half a hop
+    after the production ones (time shift), and the production windows at -12 dB and +6 dB (gain,
+    clipped to full scale). Cached per file sha256 beside the embeddings."""
+    from .audio import AudioError, windows
+
+    card = model.card
+    half = max(1, card.hop_samples // 2)
+    t0 = time.perf_counter()
+    for n, e in enumerate(data):
+        path = cache / f"{e.sha256}.extra-v{CACHE_VERSION}.npz" if cache else None
+        if path is not None and path.is_file():
+            with np.load(path) as z:
+                e.extra = {k: z[k] for k in ("shift", *GAINS)}
+            continue
+        try:
+            wins = [w for _, w in windows(e.clip.path, sample_rate=card.sample_rate,
+                                          window=card.window_samples, hop=half)]
+        except (AudioError, OSError):
+            wins = []
+        d = e.emb.shape[1]
+        parts = {"shift": wins[1::2]}
+        parts.update({k: [np.clip(w * g, -1.0, 1.0) for w in wins[0::2]] for k, g in GAINS.items()})
+        e.extra = {k: (_embed_windows(model, v)[0] if v else np.zeros((0, d), np.float32))
+                   for k, v in parts.items()}
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, shift=e.extra["shift"], gain_lo=e.extra["gain_lo"], gain_hi=e.extra["gain_hi"])
+            os.replace(tmp, path)
+        if (n + 1) % 25 == 0:
+            _log(f"extra windows: {n + 1}/{len(data)} clips ({time.perf_counter() - t0:.0f} s)")
 
 
 # --- augmentation ------------------------------------------------------------------------------------
@@ -323,6 +380,7 @@ class Head:
     ReLU between layers, sigmoid at the end. One layer: one-vs-rest logistic regressions."""
 
     layers: tuple[tuple[np.ndarray, np.ndarray], ...]  # float32 (W [in, out], b [out])
+    softmax: bool = False  # the classes compete (multinomial) instead of one sigmoid each
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         z = x.astype(np.float64)
@@ -330,12 +388,18 @@ class Head:
             z = z @ w.astype(np.float64) + b.astype(np.float64)
             if n < len(self.layers) - 1:
                 z = np.maximum(z, 0.0)
+        if self.softmax:
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            out: np.ndarray = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+            return out
         return (1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))).astype(np.float32)
 
     def describe(self) -> str:
         shapes = " -> ".join([f"embedding[batch,{self.layers[0][0].shape[0]}]"]
                              + [("MatMul -> Add -> Relu" if n < len(self.layers) - 1 else "MatMul -> Add -> Sigmoid")
                                 for n in range(len(self.layers))])
+        if self.softmax:
+            shapes = shapes.replace("-> Sigmoid", "-> Softmax")
         return f"{shapes} -> probabilities[batch,{self.layers[-1][0].shape[1]}]"
 
 
@@ -421,7 +485,32 @@ def _fit_mlp(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, hidden: int,
     return Head(((w1, b1), (w2.astype(np.float32), out_b.astype(np.float32))))
 
 
+def _fit_softmax(x: np.ndarray, y: np.ndarray, w: np.ndarray, c: float, prior: Prior | None = None,
+                 scale: float = 1.0) -> Head:
+    """One multinomial L2 logistic regression over the six classes, each class weighing the same."""
+    from sklearn.linear_model import LogisticRegression
+
+    xs, mu, sd, p, q = _standardise(x, prior, scale)
+    k = len(HEAD_CLASSES)
+    present = np.bincount(y, weights=w, minlength=k)
+    sw = w / np.maximum(present[y], 1e-12)
+    sw *= len(y) / sw.sum()
+    lr = LogisticRegression(C=c, max_iter=3000, tol=1e-4)
+    lr.fit(xs, y, sample_weight=sw)
+    coef = np.zeros((k, xs.shape[1]))
+    icpt = np.full(k, -30.0)  # a class without examples never wins
+    if len(lr.classes_) == 2:  # sklearn keeps one row for two classes: logit of the second
+        coef[lr.classes_[1]], icpt[lr.classes_[1]] = lr.coef_[0], lr.intercept_[0]
+        icpt[lr.classes_[0]] = 0.0
+    else:
+        coef[lr.classes_] = lr.coef_
+        icpt[lr.classes_] = lr.intercept_
+    return Head((_fold_first(coef.T, icpt, mu, sd, p, q),), softmax=True)
+
+
 def _fit(x: np.ndarray, y: np.ndarray, w: np.ndarray, cfg: Config, prior: Prior | None) -> Head:
+    if cfg.softmax:
+        return _fit_softmax(x, y, w, cfg.c, prior, cfg.logit_scale)
     if cfg.hidden > 0:
         return _fit_mlp(x, y, w, cfg.c, cfg.hidden, prior, cfg.logit_scale)
     return _fit_ovr(x, y, w, cfg.c, prior, cfg.logit_scale)
@@ -436,10 +525,17 @@ def _window_rows(
     ys: list[np.ndarray] = []
     ws: list[np.ndarray] = []
     cs: list[np.ndarray] = []
+    keys = [k for k, on in (("shift", cfg.shift), ("gain_lo", cfg.gain), ("gain_hi", cfg.gain)) if on]
     for i in idx:
         e = data[i]
-        n = len(e.emb)
-        xs.append(e.emb)
+        parts = [e.emb]
+        if keys:
+            if e.extra is None:
+                raise TrainError("extra windows (time shift, gain) were asked for but not embedded")
+            parts += [e.extra[k] for k in keys]
+        x = np.concatenate(parts)
+        n = len(x)
+        xs.append(x)
         ys.append(np.full(n, HEAD_CLASSES.index(e.clip.label)))
         ws.append(np.full(n, 1.0 / n))
         cs.append(np.full(n, i))
@@ -458,13 +554,13 @@ def _window_rows(
 
 def train_head(
     data: Sequence[Embedded], idx: Sequence[int], aug: AugSet | None, cfg: Config, prior: Prior | None = None,
-    stats: dict[str, Any] | None = None,
+    stats: dict[str, Any] | None = None, base: Prior | None = None,
 ) -> Head:
     x, y, w, clip_of = _window_rows(data, idx, aug, cfg)
     prior = prior if cfg.logit_labels else None
     head = _fit(x, y, w, cfg, prior)
     if not cfg.mil and cfg.hard_neg == 1.0:
-        return head
+        return blend_base(head, cfg, base, (x, y, w))
     p = head.predict(x)
     keep = np.ones(len(y), bool)
     w = w.copy()
@@ -498,7 +594,54 @@ def train_head(
                 stats["hard_windows"] = len(hard)
                 stats["background_windows"] = len(rows)
                 stats["hard_clips"] = dict(sorted(per_clip.items(), key=lambda kv: (-kv[1], kv[0])))
-    return _fit(x[keep], y[keep], w[keep], cfg, prior)
+    return blend_base(_fit(x[keep], y[keep], w[keep], cfg, prior), cfg, base, (x[keep], y[keep], w[keep]))
+
+
+def _recentre(z: np.ndarray, pos: np.ndarray, w: np.ndarray) -> float:
+    """The offset ``b`` for which ``sigmoid(z + b)`` fits ``pos`` best (weighted log-loss, each side weighing
+    the same; Newton's method on a convex 1-d problem). Only the offset: the slope stays 1, so the base
+    model's logit keeps its full weight in the blend (Platt scaling's fitted slope shrank it, and measured
+    worse: see the report's variants)."""
+    if not pos.any() or pos.all():
+        return 0.0
+    sw = np.where(pos, w / w[pos].sum(), w / w[~pos].sum())
+    y = pos.astype(np.float64)
+    b = 0.0
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z + b, -30, 30)))
+        g = float(np.sum(sw * (p - y)))
+        h = float(np.sum(sw * p * (1 - p))) + 1e-12
+        step = g / h
+        b -= float(np.clip(step, -5.0, 5.0))
+        if abs(step) < 1e-9:
+            break
+    return b
+
+
+def blend_base(head: Head, cfg: Config, base: Prior | None,
+               rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Head:
+    """``cfg.base_blend``: each listed class's column becomes ``(1 - a) x head + a x calibrated base row``
+    (logits; still one MatMul + Add + Sigmoid). ``base`` holds the base model's rows for the threat classes'
+    labels, in THREAT_CLASSES order. The base row is first recentred on the training ``rows`` (embedding,
+    class, weight): BirdNET's raw logits for these labels sit far below zero, which would push every
+    threshold to the bottom of the scale. Without ``base`` (or for an MLP or softmax head) the head is
+    returned unchanged."""
+    alphas = dict(cfg.base_blend)
+    if not alphas or base is None or head.softmax or len(head.layers) != 1:
+        return head
+    (w, b), = head.layers
+    w64, b64 = w.astype(np.float64), b.astype(np.float64)
+    for j, c in enumerate(THREAT_CLASSES):
+        a = alphas.get(c, 0.0)
+        if not a:
+            continue
+        shift = 0.0
+        if rows is not None and cfg.recentre:
+            x, y, wt = rows
+            shift = _recentre(x.astype(np.float64) @ base.w[:, j] + base.b[j], y == HEAD_CLASSES.index(c), wt)
+        w64[:, j] = (1.0 - a) * w64[:, j] + a * base.w[:, j]
+        b64[j] = (1.0 - a) * b64[j] + a * (base.b[j] + shift)
+    return Head(((w64.astype(np.float32), b64.astype(np.float32)),))
 
 
 # --- cross-validation and thresholds -----------------------------------------------------------------
@@ -524,12 +667,12 @@ def _folds(
 
 def oof_window_probs(
     data: Sequence[Embedded], idx: Sequence[int], aug: AugSet | None, cfg: Config, k: int, seed: int,
-    prior: Prior | None = None,
+    prior: Prior | None = None, base: Prior | None = None,
 ) -> dict[int, np.ndarray]:
     """Out-of-fold window probabilities [n_windows, 6] of every clip in ``idx``."""
     out: dict[int, np.ndarray] = {}
     for tr, te in _folds(data, idx, k, seed):
-        head = train_head(data, tr, aug, cfg, prior)
+        head = train_head(data, tr, aug, cfg, prior, base=base)
         for i in te:
             out[i] = head.predict(data[i].emb)
     return out
@@ -588,6 +731,66 @@ def choose_thresholds(
     return out
 
 
+QUIET_BUDGET = 0.03  # the quiet operating point: at most this fraction of background clips alert
+
+
+def choose_quiet_thresholds(
+    data: Sequence[Embedded], probs: Sequence[Mapping[int, np.ndarray]], min_windows: Mapping[str, int],
+    floor: Mapping[str, float], budget: float = QUIET_BUDGET,
+) -> dict[str, float]:
+    """The quiet operating point: per class a threshold at or above ``floor`` (the balanced one, so quiet
+    only ever holds back alerts), chosen so that the background clips alerting, counted per class and
+    summed (an upper bound on the clips alerting for any class), stay within ``budget`` of the background
+    clips over the out-of-fold scores of every repetition, while the sum of the classes' recalls is the
+    largest it can be: a small knapsack of background-clip allowances over the five classes. Within a
+    class, the middle of the run of thresholds that give its best recall for its allowance."""
+    grid = np.concatenate([np.round(np.arange(0.05, 0.996, 0.005), 3), [1.0]])
+    n_bg = sum(1 for rep in probs for i in rep if data[i].clip.label == BACKGROUND)
+    cap = int(np.floor(budget * n_bg + 1e-9))
+    options: list[list[tuple[float, float]]] = []  # per class, per allowance u: (recall, threshold)
+    for j, c in enumerate(THREAT_CLASSES):
+        pos = np.array([_kth_max(p[:, j], min_windows[c]) for rep in probs for i, p in rep.items()
+                        if data[i].clip.label == c])
+        bg = np.array([_kth_max(p[:, j], min_windows[c]) for rep in probs for i, p in rep.items()
+                       if data[i].clip.label == BACKGROUND])
+        ts = grid[grid >= floor[c]]
+        if not len(ts) or ts[0] > floor[c]:
+            ts = np.concatenate([[floor[c]], ts])
+        rec = np.array([(pos >= t).mean() if len(pos) else 0.0 for t in ts])
+        fa = np.array([int((bg >= t).sum()) for t in ts])
+        per_u: list[tuple[float, float]] = []
+        for u in range(cap + 1):
+            ok = np.flatnonzero(fa <= u)
+            if not len(ok):
+                per_u.append((-1.0, float(ts[-1])))  # even the top of the grid alerts too often
+                continue
+            lo = int(ok[0])
+            hi = lo
+            while hi + 1 < len(ts) and rec[hi + 1] == rec[lo]:
+                hi += 1
+            per_u.append((float(rec[lo]), float(np.round((ts[lo] + ts[hi]) / 2, 3))))
+        options.append(per_u)
+    # knapsack: best[k][u] = largest summed recall of the first k classes within u allowances
+    best = [[0.0] * (cap + 1)]
+    pick: list[list[int]] = []
+    for per_u in options:
+        row, choice = [], []
+        for u in range(cap + 1):
+            cands = [(best[-1][u - a] + per_u[a][0], -a) for a in range(u + 1)]
+            val, neg_a = max(cands)
+            row.append(val)
+            choice.append(-neg_a)
+        best.append(row)
+        pick.append(choice)
+    out: dict[str, float] = {}
+    u = cap
+    for k in range(len(THREAT_CLASSES) - 1, -1, -1):
+        a = pick[k][u]
+        out[THREAT_CLASSES[k]] = options[k][a][1]
+        u -= a
+    return {c: out[c] for c in THREAT_CLASSES}
+
+
 def _mean_metrics(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean (and spread) of the headline figures over CV repetitions; the confusion matrix summed."""
     def values(*path: str) -> list[float]:
@@ -628,7 +831,7 @@ def _mean_metrics(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def cross_validate(
     data: Sequence[Embedded], aug: AugSet | None, cfg: Config, *, folds: int, repeats: int, nested: int,
-    seed: int = SEED, prior: Prior | None = None, inner_repeats: int = 1,
+    seed: int = SEED, prior: Prior | None = None, inner_repeats: int = 1, base: Prior | None = None,
 ) -> tuple[dict[str, Any], list[dict[int, np.ndarray]]]:
     """Repeated grouped CV. ``tuned``: thresholds chosen on the very out-of-fold scores they are scored on
     (optimistic). ``nested``: each outer fold's thresholds chosen by an inner grouped CV of its training
@@ -636,30 +839,45 @@ def cross_validate(
     repetitions. Also returns the out-of-fold window probabilities of each repetition."""
     idx = list(range(len(data)))
     mw = cfg.windows_for()
-    reps = [oof_window_probs(data, idx, aug, cfg, folds, seed + r, prior) for r in range(repeats)]
+    reps = [oof_window_probs(data, idx, aug, cfg, folds, seed + r, prior, base) for r in range(repeats)]
     thr = choose_thresholds(data, reps, mw, cfg.bg_weight)
     tuned = [clip_metrics(clip_scores(data, rep, thr, mw), thr) for rep in reps]
     at_half = {c: 0.5 for c in THREAT_CLASSES}
     fixed = [clip_metrics(clip_scores(data, rep, at_half, mw), at_half) for rep in reps]
+    qthr = choose_quiet_thresholds(data, reps, mw, thr)
+    quiet = [clip_metrics(clip_scores(data, rep, qthr, mw), qthr) for rep in reps]
     out: dict[str, Any] = {"config": cfg.describe(), "folds": folds, "repeats": repeats, "thresholds": thr,
-                           "tuned": _mean_metrics(tuned), "at_0.5": _mean_metrics(fixed)}
+                           "tuned": _mean_metrics(tuned), "at_0.5": _mean_metrics(fixed),
+                           "quiet_thresholds": qthr, "tuned_quiet": _mean_metrics(quiet)}
     if nested:
         runs = []
+        runs_quiet = []
         missed: dict[str, int] = {}
         bg_alerting: dict[str, int] = {}
+        bg_alerting_quiet: dict[str, int] = {}
         chosen: dict[str, list[float]] = {c: [] for c in THREAT_CLASSES}
+        chosen_quiet: dict[str, list[float]] = {c: [] for c in THREAT_CLASSES}
         for r in range(nested):
             scores: list[ClipScore] = []
+            scores_quiet: list[ClipScore] = []
             for tr, te in _folds(data, idx, folds, seed + r):
-                inner = [oof_window_probs(data, tr, aug, cfg, folds - 1, seed + 100 + 10 * r + q, prior)
+                inner = [oof_window_probs(data, tr, aug, cfg, folds - 1, seed + 100 + 10 * r + q, prior, base)
                          for q in range(inner_repeats)]
                 t_in = choose_thresholds(data, inner, mw, cfg.bg_weight)
+                q_in = choose_quiet_thresholds(data, inner, mw, t_in)
                 for c in THREAT_CLASSES:
                     chosen[c].append(t_in[c])
-                head = train_head(data, tr, aug, cfg, prior)
-                scores += clip_scores(data, {i: head.predict(data[i].emb) for i in te}, t_in, mw)
+                    chosen_quiet[c].append(q_in[c])
+                head = train_head(data, tr, aug, cfg, prior, base=base)
+                preds = {i: head.predict(data[i].emb) for i in te}
+                scores += clip_scores(data, preds, t_in, mw)
+                scores_quiet += clip_scores(data, preds, q_in, mw)
             # per-fold thresholds: metrics' "alert" column is not meaningful here; the spread is reported
             runs.append(clip_metrics(scores, thr))
+            runs_quiet.append(clip_metrics(scores_quiet, qthr))
+            for sc in scores_quiet:
+                if sc.label == BACKGROUND and any(sc.alerts.values()):
+                    bg_alerting_quiet[sc.rel] = bg_alerting_quiet.get(sc.rel, 0) + 1
             for sc in scores:
                 if sc.label != BACKGROUND and not sc.alerts.get(sc.label, False):
                     missed[sc.rel] = missed.get(sc.rel, 0) + 1
@@ -672,7 +890,54 @@ def cross_validate(
         out["nested"]["inner_thresholds"] = {c: {"min": min(v), "median": float(np.median(v)), "max": max(v)}
                                              for c, v in chosen.items()}
         out["nested"]["repetitions"] = nested
+        out["nested_quiet"] = _mean_metrics(runs_quiet)
+        out["nested_quiet"]["background_alerting"] = dict(sorted(bg_alerting_quiet.items()))
+        out["nested_quiet"]["inner_thresholds"] = {
+            c: {"min": min(v), "median": float(np.median(v)), "max": max(v)} for c, v in chosen_quiet.items()}
+        out["nested_quiet"]["repetitions"] = nested
     return out, reps
+
+
+def source_of(clip: LabelledClip) -> str:
+    """The dataset a clip comes from: its manifest source (the group up to the recording), else the
+    ``<source>__`` prefix of its file name, else its folder."""
+    if "/" in clip.group:
+        return clip.group.rsplit("/", 1)[0]
+    name = clip.rel.rsplit("/", 1)[-1]
+    return name.split("__", 1)[0] if "__" in name else clip.rel.split("/", 1)[0]
+
+
+def cross_source(
+    data: Sequence[Embedded], aug: AugSet | None, cfg: Config, *, folds: int, prior: Prior | None = None,
+    seed: int = SEED, base: Prior | None = None,
+) -> dict[str, Any]:
+    """Leave one source dataset out: train on every other source (thresholds by grouped CV inside that
+    training part, as in nested CV), score the held-out source. The closest this set comes to "recordings
+    this project has never seen": a new source has its own recorders, distances and backgrounds. A class
+    whose every clip comes from the held-out source is unheard by the head and is reported as such."""
+    mw = cfg.windows_for()
+    sources = sorted({source_of(e.clip) for e in data})
+    out: dict[str, Any] = {}
+    for src in sources:
+        te = [i for i, e in enumerate(data) if source_of(e.clip) == src]
+        tr = [i for i, e in enumerate(data) if source_of(e.clip) != src]
+        train_labels = {data[i].clip.label for i in tr}
+        if BACKGROUND not in train_labels or len(train_labels) < 2:
+            continue
+        inner = [oof_window_probs(data, tr, aug, cfg, folds - 1, seed + 500, prior, base)]
+        thr = choose_thresholds(data, inner, mw, cfg.bg_weight)
+        head = train_head(data, tr, aug, cfg, prior, base=base)
+        scores = clip_scores(data, {i: head.predict(data[i].emb) for i in te}, thr, mw)
+        per_label: dict[str, dict[str, Any]] = {}
+        for sc in scores:
+            row = per_label.setdefault(sc.label, {"n": 0, "hit": 0, "hours": 0.0,
+                                                  "unheard": sc.label not in train_labels})
+            row["n"] += 1
+            row["hours"] += sc.duration_s / 3600
+            fired = [c for c, a in sc.alerts.items() if a]
+            row["hit"] += int(bool(fired)) if sc.label == BACKGROUND else int(sc.label in fired)
+        out[src] = {"clips": len(te), "labels": per_label, "thresholds": thr}
+    return out
 
 
 def zero_shot_cv(data: Sequence[Embedded], folds: int, seed: int = SEED) -> dict[str, Any]:
@@ -710,9 +975,12 @@ def head_onnx_bytes(head: Head, input_name: str = "embedding", output_name: str 
         if not last:
             nodes.append(helper.make_node("Relu", [f"pre{sfx}"], [f"hidden{sfx}"]))
             cur = f"hidden{sfx}"
-    nodes.append(helper.make_node("Sigmoid", ["logits"], [output_name]))
-    kind = ("One-vs-rest logistic regressions" if len(head.layers) == 1
-            else "A one-hidden-layer ReLU network with sigmoid outputs")
+    if head.softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], [output_name], axis=1))
+    else:
+        nodes.append(helper.make_node("Sigmoid", ["logits"], [output_name]))
+    kind = ("A multinomial logistic regression" if head.softmax else "One-vs-rest logistic regressions"
+            if len(head.layers) == 1 else "A one-hidden-layer ReLU network with sigmoid outputs")
     graph = helper.make_graph(
         nodes, "sentinela-threat-head",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", d])],
@@ -739,8 +1007,10 @@ def check_onnx(blob: bytes, head: Head, x: np.ndarray) -> float:
 def update_card(
     card_path: Path, head_path: Path, thresholds: Mapping[str, float], stores: Mapping[str, float],
     min_windows: Mapping[str, int], operating: Mapping[str, Mapping[str, Any]],
+    quiet: Mapping[str, float] | None = None, quiet_operating: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
-    """Set the card's head and per-threat thresholds; every other key is kept as it is."""
+    """Set the card's head and per-threat thresholds (and the quiet operating point's alert thresholds,
+    which a site's policy can choose); every other key is kept as it is."""
     raw = json.loads(card_path.read_text(encoding="utf-8"))
     rel = os.path.relpath(head_path.resolve(), card_path.resolve().parent)
     # The card names the columns a threat rule reads (the loader accepts threat classes only); the sixth
@@ -754,6 +1024,11 @@ def update_card(
         rule["alert"] = thresholds[c]
         rule["min_windows"] = min_windows[c]
         rule["operating_point"] = dict(operating[c])
+        if quiet is not None:
+            rule["quiet"] = {"alert": quiet[c],
+                             "operating_point": dict((quiet_operating or {}).get(c, {}))}
+        else:
+            rule.pop("quiet", None)
     tmp = card_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, card_path)
@@ -911,6 +1186,10 @@ def render_report(rep: Mapping[str, Any]) -> str:
     inner = committed["nested"]["inner_thresholds"] if honest else {}
     kind = ("one-vs-rest logistic regressions" if rep["config"]["hidden"] == 0
             else f"a one-hidden-layer ({rep['config']['hidden']} ReLU units) network")
+    blend = rep["config"].get("base_blend") or {}
+    if blend and rep["config"]["hidden"] == 0:
+        kind += (", each class's logit blended with BirdNET's own row for its label ("
+                 + ", ".join(f"{c} {a:g}" for c, a in blend.items()) + " of BirdNET)")
     lines = [
         "# Threat head: training report",
         "",
@@ -985,6 +1264,8 @@ def render_report(rep: Mapping[str, Any]) -> str:
     if honest:
         lines += ["### At thresholds chosen on these same out-of-fold scores (slightly optimistic)", "",
                   *_table(committed["tuned"]), ""]
+    lines += _quiet_section(rep, committed, honest)
+    lines += _source_section(rep)
     lines += [
         "### At a fixed 0.5 (no threshold tuning at all)",
         "",
@@ -1020,6 +1301,89 @@ def render_report(rep: Mapping[str, Any]) -> str:
     lines += findings(rep)
     lines += RETRAIN_SECTION
     return "\n".join(lines) + "\n"
+
+
+def _quiet_section(rep: Mapping[str, Any], committed: Mapping[str, Any], honest: bool) -> list[str]:
+    """The quiet operating point: what holding background alerts to the budget costs in recall."""
+    qthr = rep.get("quiet_thresholds")
+    if not qthr:
+        return []
+    ops = rep.get("quiet_operating_points", {})
+    lines = [
+        "## The quiet operating point (a site's policy can choose it: `threshold: quiet`)",
+        "",
+        f"At the balanced thresholds above, {_fmt(_headline(committed)['background_false_alarm_rate'])} of "
+        "background clips alert (the headline figure). The quiet point is chosen "
+        f"so that at most {QUIET_BUDGET:.0%} of background clips alert (counted per class and summed, an upper "
+        "bound) over the out-of-fold scores, with the largest summed recall that allows, and never below the "
+        "balanced threshold (quiet only holds alerts back). Written into the card as `threats.<class>.quiet`.",
+        "",
+        "| class | balanced alert | quiet alert | CV recall (quiet) | background clips alerting (quiet) |",
+        "|---|---|---|---|---|",
+    ]
+    for c in THREAT_CLASSES:
+        op = ops.get(c, {})
+        lines.append(f"| {c} | {rep['thresholds'][c]} | {qthr[c]} | {_fmt(op.get('recall'))} "
+                     f"| {_fmt(op.get('background_false_alarm_rate'))} |")
+    lines.append("")
+    if honest and "nested_quiet" in committed:
+        q = committed["nested_quiet"]
+        inner = q.get("inner_thresholds", {})
+        lines += ["### Honest: nested CV of the quiet point (chosen inside each outer training part)", "",
+                  *_table(q), "", *_confusion(q, "confusion_summed_over_repetitions"), "",
+                  f"(confusion summed over {q['repetitions']} repetition(s); inner quiet thresholds ranged "
+                  + ", ".join(f"{c} {v['min']:.2f}-{v['max']:.2f}" for c, v in inner.items()) + ")", ""]
+        alerting = q.get("background_alerting", {})
+        if alerting:
+            lines += ["Background clips that still alerted at the quiet point (times / repetitions): "
+                      + ", ".join(f"`{k}` {v}" for k, v in sorted(alerting.items(), key=lambda kv: (-kv[1], kv[0])))
+                      + ".", ""]
+    else:
+        lines += ["### At the quiet thresholds, on the out-of-fold scores they were chosen on (optimistic)", "",
+                  *_table(committed["tuned_quiet"]), ""]
+    return lines
+
+
+def _source_section(rep: Mapping[str, Any]) -> list[str]:
+    by_source = rep.get("leave_one_source_out") or {}
+    if not by_source:
+        return []
+    lines = ["## Leave one source dataset out (the nearest thing here to recordings never seen)", "",
+             "Each source dataset in turn is held out whole: the head is trained on every other source, with "
+             "thresholds chosen by grouped CV inside that training part, and the held-out source is scored. A "
+             "new source brings its own recorders, distances and backgrounds, which grouped CV by recording "
+             "does not test. Threat cells: clips that alerted for their own class / clips; background: clips "
+             "that alerted for any class / clips. *unheard*: every clip of that class comes from this source, "
+             "so the head had never heard the class.", "",
+             "| held-out source | " + " | ".join(LABELS) + " |", "|---" * (len(LABELS) + 1) + "|"]
+    totals: dict[str, list[float]] = {lab: [0, 0] for lab in LABELS}
+    bg_hours = 0.0
+    for src, v in by_source.items():
+        cells = []
+        for lab in LABELS:
+            row = v["labels"].get(lab)
+            if row is None:
+                cells.append("")
+            elif row["unheard"]:
+                cells.append(f"*unheard* ({row['n']})")
+            else:
+                cells.append(f"{row['hit']}/{row['n']}")
+                totals[lab][0] += row["hit"]
+                totals[lab][1] += row["n"]
+                if lab == BACKGROUND:
+                    bg_hours += row["hours"]
+        lines.append(f"| `{src}` | " + " | ".join(cells) + " |")
+    lines.append("| **all held out** | " + " | ".join(
+        f"**{int(h)}/{int(n)}**" if n else "" for h, n in (totals[lab] for lab in LABELS)) + " |")
+    threat = [totals[c] for c in THREAT_CLASSES if totals[c][1]]
+    recalls = [h / n for h, n in threat]
+    bg_hit, bg_n = totals[BACKGROUND]
+    lines += ["", "Over the classes that could be tested this way: macro recall "
+              f"{_fmt(float(np.mean(recalls)) if recalls else None)}; background clips alerting "
+              f"{_fmt(bg_hit / bg_n if bg_n else None)}"
+              + (f" ({bg_hit / bg_hours:.1f} false alarms per hour of background audio)" if bg_hours else "")
+              + ".", ""]
+    return lines
 
 
 RETRAIN_SECTION = [
@@ -1088,7 +1452,8 @@ def _operating(
 
 
 # The closest contenders: run over as many nested repetitions as the committed recipe, to choose between them.
-FULL_VARIANTS = ("the previous head (embedding only, no hard negatives)", "no logit prior", "no hard negatives")
+FULL_VARIANTS = ("no blend with the base model's rows (the head committed before)",
+                 "the previous head (embedding only, no hard negatives)")
 
 THREAT_LOGITS = ("Gun_Gun", "Power tools_Power tools", "Engine_Engine", "Human vocal_Human vocal", "Dog_Dog")
 NON_BIRD_LOGITS = (*THREAT_LOGITS, "Siren_Siren", "Fireworks_Fireworks", "Human non-vocal_Human non-vocal",
@@ -1096,11 +1461,22 @@ NON_BIRD_LOGITS = (*THREAT_LOGITS, "Siren_Siren", "Fireworks_Fireworks", "Human 
                    "Gryllus assimilis_Gryllus assimilis", "Miogryllus saussurei_Miogryllus saussurei")
 
 
-RECIPE_NAME = "logistic, MIL, BirdNET Engine logit at scale 100, hard negatives x10 (top 5%)"
+RECIPE_NAME = ("logistic, MIL, BirdNET Engine logit at scale 100, hard negatives x10 (top 5%), blended 0.5 with "
+               "BirdNET's own rows (engine: BirdNET's Engine row alone)")
 
 # One change each from the committed recipe. Kept in the report so every re-run re-measures them.
 VARIANTS: dict[str, Callable[[Config], Config]] = {
-    "the previous head (embedding only, no hard negatives)": lambda c: replace(c, logit_labels=(), hard_neg=1.0),
+    "no blend with the base model's rows (the head committed before)": lambda c: replace(c, base_blend=()),
+    "the previous head (embedding only, no hard negatives)": lambda c: replace(
+        c, logit_labels=(), hard_neg=1.0, base_blend=()),
+    "engine: the base model's Engine row alone; no other blend": lambda c: replace(
+        c, base_blend=(("engine", 1.0),)),
+    "engine: the base model's row alone; gunshot blended 0.5; no other blend": lambda c: replace(
+        c, base_blend=(("engine", 1.0), ("gunshot", 0.5))),
+    "every class blended 0.5, engine too": lambda c: replace(
+        c, base_blend=tuple((k, 0.5) for k in THREAT_CLASSES)),
+    "every class blended 0.75": lambda c: replace(c, base_blend=tuple((k, 0.75) for k in THREAT_CLASSES)),
+    "blend with BirdNET's raw logits (not recentred)": lambda c: replace(c, recentre=False),
     "no logit prior": lambda c: replace(c, logit_labels=()),
     "no hard negatives": lambda c: replace(c, hard_neg=1.0),
     "augmentation (threat mixed into background, +6/0/-6 dB)": lambda c: replace(c, augment=True),
@@ -1120,9 +1496,14 @@ VARIANTS: dict[str, Callable[[Config], Config]] = {
     "hard negatives x30 (top 5% background windows)": lambda c: replace(c, hard_neg=30.0),
     "thresholds weigh background alerts x6 (not x3)": lambda c: replace(c, bg_weight=6.0),
     "thresholds weigh background alerts x10 (not x3)": lambda c: replace(c, bg_weight=10.0),
-    "MLP 128 hidden (C = 0.1)": lambda c: replace(c, hidden=128),
-    "MLP 128 hidden, no logit prior": lambda c: replace(c, hidden=128, logit_labels=()),
-    "MLP 64 hidden, C = 0.01": lambda c: replace(c, hidden=64, c=0.01),
+    "MLP 128 hidden (C = 0.1; no blend)": lambda c: replace(c, hidden=128),
+    "MLP 128 hidden, no logit prior (no blend)": lambda c: replace(c, hidden=128, logit_labels=()),
+    "MLP 64 hidden, C = 0.01 (no blend)": lambda c: replace(c, hidden=64, c=0.01),
+    "time-shift windows (half a hop later) added to training": lambda c: replace(c, shift=True),
+    "gain windows (-12 dB, +6 dB) added to training": lambda c: replace(c, gain=True),
+    "time-shift and gain windows": lambda c: replace(c, shift=True, gain=True),
+    "multinomial (softmax) regression, not one-vs-rest (no blend)": lambda c: replace(c, softmax=True),
+    "multinomial (softmax), C = 1.0 (no blend)": lambda c: replace(c, softmax=True, c=1.0),
 }
 
 def _data_facts(data: Sequence[Embedded]) -> dict[str, Any]:
@@ -1155,6 +1536,20 @@ def _background_alerting(
     order = sorted(count, key=lambda i: (-count[i], data[i].clip.rel))
     return [{"clip": data[i].clip.rel, "times": count[i], "of": len(reps), "classes": ", ".join(sorted(classes[i]))}
             for i in order]
+
+
+def _base_rows(card: ModelCard) -> Prior | None:
+    """The base model's classifier rows for the label each threat class maps to, in THREAT_CLASSES order."""
+    labels = []
+    for c in THREAT_CLASSES:
+        rule = card.threats.get(c)
+        if rule is None or not rule.model_labels:
+            return None
+        labels.append(rule.model_labels[0])
+    try:
+        return base_logit_layer(card, labels)
+    except TrainError:
+        return None
 
 
 def run_training(args: argparse.Namespace) -> int:
@@ -1199,7 +1594,13 @@ def run_training(args: argparse.Namespace) -> int:
     if prior_all is None and cfg.logit_labels:
         _log("the base model's logits are not a dense layer on its embedding: training on the embedding alone")
         cfg = replace(cfg, logit_labels=())
+    base_rows = _base_rows(card) if prior_all is not None else None
+    if base_rows is None and cfg.base_blend:
+        _log("the base model's threat-label rows cannot be read: no blend with them")
+        cfg = replace(cfg, base_blend=())
     do_compare = args.compare
+    if cfg.shift or cfg.gain or do_compare:
+        embed_extras(model, data, cache)
     aug = build_augmentations(model, data, cfg, cache) if (cfg.augment or do_compare) else None
     if aug is not None:
         _log(f"{len(aug.emb)} augmented windows ({time.perf_counter() - t0:.0f} s)")
@@ -1213,17 +1614,19 @@ def run_training(args: argparse.Namespace) -> int:
     with threadpool_limits(limits=1):
         try:
             cv, reps = cross_validate(data, aug, cfg, folds=args.folds, repeats=args.repeats,
-                                      nested=args.nested_repeats, prior=prior_for(cfg))
+                                      nested=args.nested_repeats, prior=prior_for(cfg), base=base_rows)
             _log(f"CV of the committed recipe done ({time.perf_counter() - t0:.0f} s)")
+            by_source = cross_source(data, aug, cfg, folds=args.folds, prior=prior_for(cfg), base=base_rows)
+            _log(f"leave-one-source-out done ({time.perf_counter() - t0:.0f} s)")
             variants: dict[str, Any] = {}
             if do_compare:
                 for name, v in VARIANTS.items():
                     vc = v(cfg)
-                    if vc.logit_labels and prior_all is None:
+                    if (vc.logit_labels or vc.base_blend) and prior_all is None:
                         continue
                     nested = args.nested_repeats if name in FULL_VARIANTS else min(1, args.nested_repeats)
                     variants[name] = cross_validate(data, aug, vc, folds=args.folds, repeats=args.repeats,
-                                                    nested=nested, prior=prior_for(vc))[0]
+                                                    nested=nested, prior=prior_for(vc), base=base_rows)[0]
                     _log(f"variant {name} done ({time.perf_counter() - t0:.0f} s)")
         except TrainError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -1233,8 +1636,10 @@ def run_training(args: argparse.Namespace) -> int:
         idx = list(range(len(data)))
         mw = cfg.windows_for()
         operating = _operating(data, reps, thr, mw)
+        qthr = cv["quiet_thresholds"]
+        quiet_operating = _operating(data, reps, qthr, mw)
         fit_stats: dict[str, Any] = {}
-        head = train_head(data, idx, aug, cfg, prior_for(cfg), fit_stats)
+        head = train_head(data, idx, aug, cfg, prior_for(cfg), fit_stats, base=base_rows)
     blob = head_onnx_bytes(head)
     diff = check_onnx(blob, head, np.concatenate([e.emb for e in data]))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1273,15 +1678,18 @@ def run_training(args: argparse.Namespace) -> int:
         "thresholds": thr,
         "stores": stores,
         "operating_points": operating,
+        "quiet_thresholds": qthr,
+        "quiet_operating_points": quiet_operating,
         "cv": {"committed": cv, "variants": variants},
         "zero_shot": zero_shot_cv(data, args.folds),
         "background_alerting_clips": _background_alerting(data, reps, thr, mw),
+        "leave_one_source_out": by_source,
     }
     (out.parent / "training_report.json").write_text(
         json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out.parent / "TRAINING_REPORT.md").write_text(render_report(report), encoding="utf-8")
     try:
-        update_card(card_path, out, thr, stores, mw, operating)
+        update_card(card_path, out, thr, stores, mw, operating, qthr, quiet_operating)
     except (OSError, ValueError) as exc:
         print(f"error: could not update the card {card_path}: {exc}", file=sys.stderr)
         return 2
@@ -1292,6 +1700,11 @@ def run_training(args: argparse.Namespace) -> int:
     print(f"grouped CV ({kind}): macro recall {_fmt(n['macro_recall'])}, "
           f"accuracy {_fmt(n['accuracy'])}, background alerting {_fmt(n['background_false_alarm_rate'])}, "
           f"thresholds " + ", ".join(f"{c} {t}" for c, t in thr.items()))
+    if "nested_quiet" in cv:
+        q = cv["nested_quiet"]
+        print(f"quiet operating point (nested): macro recall {_fmt(q['macro_recall'])}, "
+              f"accuracy {_fmt(q['accuracy'])}, background alerting {_fmt(q['background_false_alarm_rate'])}, "
+              f"thresholds " + ", ".join(f"{c} {t}" for c, t in qthr.items()))
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s): " + ", ".join(s["file"] for s in skipped))
     return 0
