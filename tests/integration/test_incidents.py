@@ -321,3 +321,32 @@ def test_audio_link_is_a_second_message_when_switched_on(stack: LocalStack, stor
     assert link.startswith("SENTINELA ") and "audio (30 min): http" in link and "X-Amz-Expires=1800" in link
     assert key.rsplit("/", 1)[1] in link  # a link to this clip
     assert segments(sent[0][1]).segments <= 2  # the alert text keeps its budget; the link pays its own
+
+
+def test_a_class_that_yields_is_held_when_its_clip_alerted_the_stronger_class(stack: LocalStack, store: Store,
+                                                                               clock: Any) -> None:
+    # The shipped policy has engine yield to chainsaw (BirdNET's Engine label hears chainsaw motors). The
+    # tiny test model has no engine; the same rule one class earlier: chainsaw yields to gunshot, on a tone
+    # (its chainsaw) then an impulse (its gunshot).
+    import numpy as np
+
+    from tests.conftest import tone
+
+    site(store, "inc-y", [{"ranger_id": "ana", "phone": "+56900000260"}],
+         policy={"classes": {"chainsaw": {"yields_to": ["gunshot"]}}})
+    both = encode(np.concatenate([tone(), impulse()]))
+    stack.upload(both, "inc-y", "rec-1", T0)
+    stack.run_until_idle()
+    alerts = {a["threat"]: a for a in store.scan_all() if a.get("type") == "alert" and a["site_id"] == "inc-y"}
+    assert set(alerts) == {"gunshot", "chainsaw"}
+    assert alerts["chainsaw"]["outcome"] == "held"
+    assert alerts["chainsaw"]["decision_trace"][0] == {
+        "rule": "yields_to", "result": "held", "detail": "held: this clip also alerted gunshot, which chainsaw "
+        "yields to (policy)", "numbers": {"classes": ["gunshot"]}}
+    assert alerts["gunshot"]["outcome"] == "opened"
+    assert [i["threat"] for i in incidents(store, "inc-y")] == ["gunshot"]
+    assert len(texts(stack, "+56900000260")) == 1
+    # a chainsaw alone still texts
+    stack.upload(encode(tone()), "inc-y", "rec-1", T0 + dt.timedelta(minutes=1))
+    stack.run_until_idle()
+    assert sorted(i["threat"] for i in incidents(store, "inc-y")) == ["chainsaw", "gunshot"]

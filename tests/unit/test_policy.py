@@ -41,6 +41,21 @@ def test_bad_overrides_are_named() -> None:
     assert "threshold must be" in "; ".join(validate_override({"defaults": {"threshold": "loud"}}))
 
 
+def test_yields_to_holds_an_alert_when_its_clip_alerted_a_stronger_class() -> None:
+    assert class_policy("engine").yields_to == ("chainsaw",)  # shipped: BirdNET's Engine hears chainsaws
+    cp = class_policy("gunshot", {"policy": {"classes": {"gunshot": {"yields_to": ["chainsaw"]}}}})
+    held = evaluate(ALERT, cp, [], [], stronger=["chainsaw"])
+    assert not held.alert and held.trace[0].rule == "yields_to" and held.trace[0].numbers == {"classes": ["chainsaw"]}
+    assert evaluate(ALERT, cp, [], [], stronger=["dog"]).alert
+    assert evaluate(ALERT, cp, [], []).alert
+    assert "yields_to must be a list of threat classes" in "; ".join(
+        validate_override({"classes": {"engine": {"yields_to": ["trucks"]}}}))
+    # alert items are written in class order: yielding to a later class could race on AWS, so it is refused
+    assert "a class can only yield to one before it" in "; ".join(
+        validate_override({"classes": {"gunshot": {"yields_to": ["chainsaw"]}}}))
+    assert validate_override({"classes": {"engine": {"yields_to": ["chainsaw", "gunshot"]}}}) == []
+
+
 def test_quiet_threshold_reads_the_cards_quiet_point_from_the_alert() -> None:
     cp = class_policy("gunshot", {"policy": {"defaults": {"threshold": "quiet"}}})
     assert cp.threshold == "quiet"

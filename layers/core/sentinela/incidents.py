@@ -30,7 +30,7 @@ from typing import Any
 from .messages import render_alert, render_audio_link, render_escalation, render_reply, render_update
 from .metrics import MetricSink, NullMetrics
 from .notify import NotifyResult, RetryLater
-from .policy import ClassPolicy, Step, class_policy, evaluate, parse_time, span_start
+from .policy import ClassPolicy, Step, class_policy, evaluate, parse_time, policy_limit, span_start
 from .roster import is_on_call
 from .sms import SmsError, mask_phone
 from .store import Store
@@ -106,7 +106,8 @@ class IncidentService:
         cp = class_policy(alert["threat"], site, self.policy)
         link = self.store.incident_link(alert["clip_id"], alert["threat"])
         if link is None:
-            verdict = evaluate(alert, cp, self._clip_events(alert), self._earlier_alerts(alert, cp))
+            verdict = evaluate(alert, cp, self._clip_events(alert), self._earlier_alerts(alert, cp),
+                               self._stronger(alert, cp, site))
             if not verdict.alert:
                 self.store.annotate_alert(alert["clip_id"], alert["threat"], {
                     "outcome": "held", "decision_reason": verdict.reason,
@@ -131,6 +132,21 @@ class IncidentService:
         if res.retry:
             raise RetryLater(f"{len(res.failed)} send(s) failed and may succeed later")
         return res
+
+    def _stronger(self, alert: Mapping[str, Any], cp: ClassPolicy, site: Mapping[str, Any]) -> list[str]:
+        """The classes ``alert`` yields to that this clip alerted above their own policy thresholds.
+        classify writes a clip's alert items in class order (chainsaw before engine) before any of them
+        reaches notify, so they are all there to read."""
+        if not cp.yields_to:
+            return []
+        out = []
+        for other in self.store.alerts(alert["clip_id"]):
+            threat = str(other.get("threat"))
+            if threat in cp.yields_to and threat != alert["threat"]:
+                limit, _ = policy_limit(other, class_policy(threat, site, self.policy))
+                if float(other.get("confidence", 0)) >= limit:
+                    out.append(threat)
+        return out
 
     def _clip_events(self, alert: Mapping[str, Any]) -> list[dict[str, Any]]:
         return [{"t": d.get("start_s", 0), "n": d.get("alerting_windows", 0)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,8 +19,11 @@ from typing import Any
 
 import yaml
 
+from .card import THREAT_CLASSES
+
 DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
-KNOWN_KEYS = {"threshold", "confirm", "window_s", "escalation_delay_s", "still_hearing_after_s", "group"}
+KNOWN_KEYS = {"threshold", "confirm", "window_s", "escalation_delay_s", "still_hearing_after_s", "group",
+              "yields_to"}
 CONFIRM_KEYS = {"windows", "within_s", "across_clips"}
 QUIET = "quiet"  # a threshold that names the model card's quiet operating point
 EARLIER_CLIP_SLACK_S = 600
@@ -46,13 +49,14 @@ class ClassPolicy:
     window_s: float
     escalation_delay_s: float
     still_hearing_after_s: float
+    yields_to: tuple[str, ...] = ()  # held when the same clip alerted one of these classes (above its threshold)
 
     def as_dict(self) -> dict[str, Any]:
         return {"threat": self.threat, "group": self.group, "threshold": self.threshold,
                 "confirm": {"windows": self.confirm.windows, "within_s": self.confirm.within_s,
                             "across_clips": self.confirm.across_clips},
                 "window_s": self.window_s, "escalation_delay_s": self.escalation_delay_s,
-                "still_hearing_after_s": self.still_hearing_after_s}
+                "still_hearing_after_s": self.still_hearing_after_s, "yields_to": list(self.yields_to)}
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,18 @@ def _check(raw: Mapping[str, Any], where: str) -> list[str]:
         unknown = set(over) - KNOWN_KEYS
         if unknown:
             problems.append(f"{where}: classes.{threat}: unknown key(s) {sorted(unknown)}")
+    if ((raw.get("defaults") or {}).get("yields_to") or []) != []:
+        problems.append(f"{where}: defaults.yields_to: set it per class (classes.<class>.yields_to), not for all")
+    for threat, over in (raw.get("classes") or {}).items():
+        ylds = over.get("yields_to") if isinstance(over, Mapping) else None
+        if isinstance(ylds, list) and threat in THREAT_CLASSES:
+            # classify writes a clip's alert items in class order; notify may read the clip before a later
+            # class's item exists, so a class can only reliably yield to one written before it
+            later = [y for y in ylds if y in THREAT_CLASSES
+                     and THREAT_CLASSES.index(y) >= THREAT_CLASSES.index(threat)]
+            if later:
+                problems.append(f"{where}: classes.{threat}.yields_to: {later} come(s) after {threat} in the "
+                                f"class order ({', '.join(THREAT_CLASSES)}); a class can only yield to one before it")
     for name, sec in [("defaults", raw.get("defaults") or {})] + [
             (f"classes.{t}", o) for t, o in (raw.get("classes") or {}).items() if isinstance(o, Mapping)]:
         conf = sec.get("confirm")
@@ -99,6 +115,9 @@ def _check(raw: Mapping[str, Any], where: str) -> list[str]:
         for k in ("window_s", "escalation_delay_s", "still_hearing_after_s"):
             if k in sec and (not isinstance(sec[k], int | float) or sec[k] < 0):
                 problems.append(f"{where}: {name}.{k} must be a number >= 0")
+        ylds = sec.get("yields_to")
+        if ylds is not None and (not isinstance(ylds, list) or any(y not in THREAT_CLASSES for y in ylds)):
+            problems.append(f"{where}: {name}.yields_to must be a list of threat classes ({', '.join(THREAT_CLASSES)})")
         t = sec.get("threshold")
         if t is not None and t != QUIET and (not isinstance(t, int | float) or not 0 <= t <= 1):
             problems.append(f"{where}: {name}.threshold must be null, '{QUIET}' or a number within 0..1")
@@ -155,6 +174,7 @@ def class_policy(threat: str, site: Mapping[str, Any] | None = None,
         window_s=float(merged.get("window_s", 1800)),
         escalation_delay_s=float(merged.get("escalation_delay_s", 300)),
         still_hearing_after_s=float(merged.get("still_hearing_after_s", 900)),
+        yields_to=tuple(merged.get("yields_to") or ()),
     )
 
 
@@ -174,7 +194,7 @@ def windows_within(events: Iterable[Mapping[str, Any]], within_s: float) -> int:
     return best
 
 
-def _limit(alert: Mapping[str, Any], cp: ClassPolicy) -> tuple[float, str]:
+def policy_limit(alert: Mapping[str, Any], cp: ClassPolicy) -> tuple[float, str]:
     """The threshold in force for this alert item, and where it came from."""
     card = float(alert.get("threshold", 0))
     if cp.threshold == QUIET:
@@ -188,13 +208,19 @@ def _limit(alert: Mapping[str, Any], cp: ClassPolicy) -> tuple[float, str]:
 
 
 def evaluate(alert: Mapping[str, Any], cp: ClassPolicy, clip_events: list[dict[str, Any]],
-             earlier_alerts: list[dict[str, Any]]) -> Verdict:
+             earlier_alerts: list[dict[str, Any]], stronger: Sequence[str] = ()) -> Verdict:
     """Threshold, then confirmation: in this clip (``clip_events``: its detection events of the class,
     ``t`` = start second in the clip, ``n`` = alerting windows), else over consecutive clips of the same
-    device (``earlier_alerts``: that device's alert items of the class recorded within the span)."""
+    device (``earlier_alerts``: that device's alert items of the class recorded within the span).
+    ``stronger``: the classes this clip alerted above their own policy thresholds, for ``yields_to``."""
     trace: list[Step] = []
+    over = [c for c in cp.yields_to if c in stronger]
+    if over:
+        trace.append(Step("yields_to", "held", f"held: this clip also alerted {', '.join(over)}, which "
+                          f"{cp.threat} yields to (policy)", {"classes": over}))
+        return Verdict(False, trace)
     conf = float(alert.get("confidence", 0))
-    limit, source = _limit(alert, cp)
+    limit, source = policy_limit(alert, cp)
     if conf < limit:
         trace.append(Step("threshold", "held", f"confidence {conf:.2f} < {limit:.2f} ({source})",
                           {"confidence": conf, "threshold": limit}))
