@@ -7,7 +7,7 @@ Paths inside a card are relative to the card file, so a card and its model trave
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -164,8 +164,6 @@ def at_operating_point(card: ModelCard, point: str) -> ModelCard:
         return card
     if point != "quiet":
         raise CardError(f"unknown operating point {point!r}: balanced or quiet")
-    from dataclasses import replace
-
     rules = {n: replace(r, alert=r.quiet) if r.quiet is not None else r for n, r in card.threats.items()}
     return replace(card, threats=rules)
 
@@ -174,8 +172,6 @@ def with_alert_override(card: ModelCard, alert: float | None) -> ModelCard:
     """Deployment-wide alert threshold (template parameter), when ops set one, for every class."""
     if alert is None:
         return card
-    from dataclasses import replace
-
     rules = {n: replace(r, alert=alert, store=min(r.store, alert),
                         quiet=None if r.quiet is None else max(r.quiet, alert))
              for n, r in card.threats.items()}

@@ -95,18 +95,6 @@ def _check(raw: Mapping[str, Any], where: str) -> list[str]:
         unknown = set(over) - KNOWN_KEYS
         if unknown:
             problems.append(f"{where}: classes.{threat}: unknown key(s) {sorted(unknown)}")
-    if ((raw.get("defaults") or {}).get("yields_to") or []) != []:
-        problems.append(f"{where}: defaults.yields_to: set it per class (classes.<class>.yields_to), not for all")
-    for threat, over in (raw.get("classes") or {}).items():
-        ylds = over.get("yields_to") if isinstance(over, Mapping) else None
-        if isinstance(ylds, list) and threat in THREAT_CLASSES:
-            # classify writes a clip's alert items in class order; notify may read the clip before a later
-            # class's item exists, so a class can only reliably yield to one written before it
-            later = [y for y in ylds if y in THREAT_CLASSES
-                     and THREAT_CLASSES.index(y) >= THREAT_CLASSES.index(threat)]
-            if later:
-                problems.append(f"{where}: classes.{threat}.yields_to: {later} come(s) after {threat} in the "
-                                f"class order ({', '.join(THREAT_CLASSES)}); a class can only yield to one before it")
     for name, sec in [("defaults", raw.get("defaults") or {})] + [
             (f"classes.{t}", o) for t, o in (raw.get("classes") or {}).items() if isinstance(o, Mapping)]:
         conf = sec.get("confirm")
@@ -115,13 +103,29 @@ def _check(raw: Mapping[str, Any], where: str) -> list[str]:
         for k in ("window_s", "escalation_delay_s", "still_hearing_after_s"):
             if k in sec and (not isinstance(sec[k], int | float) or sec[k] < 0):
                 problems.append(f"{where}: {name}.{k} must be a number >= 0")
-        ylds = sec.get("yields_to")
-        if ylds is not None and (not isinstance(ylds, list) or any(y not in THREAT_CLASSES for y in ylds)):
-            problems.append(f"{where}: {name}.yields_to must be a list of threat classes ({', '.join(THREAT_CLASSES)})")
+        problems += _check_yields(sec.get("yields_to"), name, where)
         t = sec.get("threshold")
         if t is not None and t != QUIET and (not isinstance(t, int | float) or not 0 <= t <= 1):
             problems.append(f"{where}: {name}.threshold must be null, '{QUIET}' or a number within 0..1")
     return problems
+
+
+def _check_yields(ylds: Any, name: str, where: str) -> list[str]:
+    """``yields_to`` of section ``name`` ("defaults" or "classes.<threat>")."""
+    if ylds is None:
+        return []
+    if not isinstance(ylds, list) or any(y not in THREAT_CLASSES for y in ylds):
+        return [f"{where}: {name}.yields_to must be a list of threat classes ({', '.join(THREAT_CLASSES)})"]
+    threat = name.removeprefix("classes.")
+    if threat not in THREAT_CLASSES:
+        return [f"{where}: {name}.yields_to: set it per class (classes.<class>.yields_to), not for all"] if ylds else []
+    # classify writes a clip's alert items in class order; notify may read the clip before a later class's
+    # item exists, so a class can only reliably yield to one written before it
+    later = [y for y in ylds if THREAT_CLASSES.index(y) >= THREAT_CLASSES.index(threat)]
+    if later:
+        return [f"{where}: {name}.yields_to: {later} come(s) after {threat} in the class order "
+                f"({', '.join(THREAT_CLASSES)}); a class can only yield to one before it"]
+    return []
 
 
 def validate_override(raw: Any, where: str = "policy") -> list[str]:

@@ -40,6 +40,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -395,11 +396,10 @@ class Head:
         return (1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))).astype(np.float32)
 
     def describe(self) -> str:
+        last = "Softmax" if self.softmax else "Sigmoid"
         shapes = " -> ".join([f"embedding[batch,{self.layers[0][0].shape[0]}]"]
-                             + [("MatMul -> Add -> Relu" if n < len(self.layers) - 1 else "MatMul -> Add -> Sigmoid")
+                             + [("MatMul -> Add -> Relu" if n < len(self.layers) - 1 else f"MatMul -> Add -> {last}")
                                 for n in range(len(self.layers))])
-        if self.softmax:
-            shapes = shapes.replace("-> Sigmoid", "-> Softmax")
         return f"{shapes} -> probabilities[batch,{self.layers[-1][0].shape[1]}]"
 
 
@@ -697,6 +697,18 @@ def _kth_max(p: np.ndarray, k: int) -> float:
     return float(np.sort(p)[-k]) if len(p) >= k else 0.0
 
 
+def _split_scores(
+    data: Sequence[Embedded], rep: Mapping[int, np.ndarray], j: int, c: str, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip scores for class ``c`` (column ``j``, the k-th best window) of one repetition: its own clips,
+    the background clips, and the other threats' clips."""
+    score = {i: _kth_max(p[:, j], k) for i, p in rep.items()}
+    pos = np.array([s for i, s in score.items() if data[i].clip.label == c])
+    bg = np.array([s for i, s in score.items() if data[i].clip.label == BACKGROUND])
+    oth = np.array([s for i, s in score.items() if data[i].clip.label not in (c, BACKGROUND)])
+    return pos, bg, oth
+
+
 def choose_thresholds(
     data: Sequence[Embedded], probs: Sequence[Mapping[int, np.ndarray]], min_windows: Mapping[str, int],
     bg_weight: float = 3.0,
@@ -709,10 +721,7 @@ def choose_thresholds(
     for j, c in enumerate(THREAT_CLASSES):
         obj = np.zeros(len(grid))
         for rep in probs:
-            score = {i: _kth_max(p[:, j], min_windows[c]) for i, p in rep.items()}
-            pos = np.array([s for i, s in score.items() if data[i].clip.label == c])
-            bg = np.array([s for i, s in score.items() if data[i].clip.label == BACKGROUND])
-            oth = np.array([s for i, s in score.items() if data[i].clip.label not in (c, BACKGROUND)])
+            pos, bg, oth = _split_scores(data, rep, j, c, min_windows[c])
             for g, t in enumerate(grid):
                 rec = (pos >= t).mean() if len(pos) else 0.0
                 fa = (bg >= t).mean() if len(bg) else 0.0
@@ -749,10 +758,9 @@ def choose_quiet_thresholds(
     cap = int(np.floor(budget * n_bg + 1e-9))
     options: list[list[tuple[float, float]]] = []  # per class, per allowance u: (recall, threshold)
     for j, c in enumerate(THREAT_CLASSES):
-        pos = np.array([_kth_max(p[:, j], min_windows[c]) for rep in probs for i, p in rep.items()
-                        if data[i].clip.label == c])
-        bg = np.array([_kth_max(p[:, j], min_windows[c]) for rep in probs for i, p in rep.items()
-                       if data[i].clip.label == BACKGROUND])
+        split = [_split_scores(data, rep, j, c, min_windows[c]) for rep in probs]
+        pos = np.concatenate([s[0] for s in split])
+        bg = np.concatenate([s[1] for s in split])
         ts = grid[grid >= floor[c]]
         if not len(ts) or ts[0] > floor[c]:
             ts = np.concatenate([[floor[c]], ts])
@@ -852,9 +860,9 @@ def cross_validate(
     if nested:
         runs = []
         runs_quiet = []
-        missed: dict[str, int] = {}
-        bg_alerting: dict[str, int] = {}
-        bg_alerting_quiet: dict[str, int] = {}
+        missed: Counter[str] = Counter()
+        bg_alerting: Counter[str] = Counter()
+        bg_alerting_quiet: Counter[str] = Counter()
         chosen: dict[str, list[float]] = {c: [] for c in THREAT_CLASSES}
         chosen_quiet: dict[str, list[float]] = {c: [] for c in THREAT_CLASSES}
         for r in range(nested):
@@ -875,26 +883,18 @@ def cross_validate(
             # per-fold thresholds: metrics' "alert" column is not meaningful here; the spread is reported
             runs.append(clip_metrics(scores, thr))
             runs_quiet.append(clip_metrics(scores_quiet, qthr))
-            for sc in scores_quiet:
-                if sc.label == BACKGROUND and any(sc.alerts.values()):
-                    bg_alerting_quiet[sc.rel] = bg_alerting_quiet.get(sc.rel, 0) + 1
-            for sc in scores:
-                if sc.label != BACKGROUND and not sc.alerts.get(sc.label, False):
-                    missed[sc.rel] = missed.get(sc.rel, 0) + 1
-                if sc.label == BACKGROUND and any(sc.alerts.values()):
-                    bg_alerting[sc.rel] = bg_alerting.get(sc.rel, 0) + 1
-        out["nested"] = _mean_metrics(runs)
+            missed.update(sc.rel for sc in scores if sc.label != BACKGROUND and not sc.alerts.get(sc.label, False))
+            bg_alerting.update(sc.rel for sc in scores if sc.label == BACKGROUND and any(sc.alerts.values()))
+            bg_alerting_quiet.update(sc.rel for sc in scores_quiet
+                                     if sc.label == BACKGROUND and any(sc.alerts.values()))
+        out["nested"] = _mean_metrics(runs) | {"missed": dict(sorted(missed.items()))}
         out["nested_first_repetition"] = _mean_metrics(runs[:1])
-        out["nested"]["missed"] = dict(sorted(missed.items()))
-        out["nested"]["background_alerting"] = dict(sorted(bg_alerting.items()))
-        out["nested"]["inner_thresholds"] = {c: {"min": min(v), "median": float(np.median(v)), "max": max(v)}
-                                             for c, v in chosen.items()}
-        out["nested"]["repetitions"] = nested
         out["nested_quiet"] = _mean_metrics(runs_quiet)
-        out["nested_quiet"]["background_alerting"] = dict(sorted(bg_alerting_quiet.items()))
-        out["nested_quiet"]["inner_thresholds"] = {
-            c: {"min": min(v), "median": float(np.median(v)), "max": max(v)} for c, v in chosen_quiet.items()}
-        out["nested_quiet"]["repetitions"] = nested
+        for key, alerting, ch in (("nested", bg_alerting, chosen), ("nested_quiet", bg_alerting_quiet, chosen_quiet)):
+            out[key]["background_alerting"] = dict(sorted(alerting.items()))
+            out[key]["inner_thresholds"] = {c: {"min": min(v), "median": float(np.median(v)), "max": max(v)}
+                                            for c, v in ch.items()}
+            out[key]["repetitions"] = nested
     return out, reps
 
 
