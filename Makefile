@@ -70,9 +70,11 @@ bench: $(STAMP) ## speed and memory benchmark (prints figures; --json in BENCH_J
 clean: ## remove the virtualenv and caches (keeps the built model)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-train: $(STAMP) ## train the threat head on labelled folders (AUDIO=DIR, default ../shared/audio/dev)
+TRAIN_DIRS ?= ../shared/audio/dev ../shared/audio/train
+
+train: $(STAMP) ## train the threat head on labelled folders (TRAIN_DIRS="DIR ...", default both shared folders)
 	@test -f $(MODEL) || $(MAKE) model
-	$(BIN)/sentinela train $(AUDIO)
+	SENTINELA_THREADS=2 $(BIN)/sentinela train $(TRAIN_DIRS)
 
 eval: $(STAMP) ## evaluate the configured model on labelled folders (AUDIO=DIR); JSON in EVAL_JSON
 	@test -f $(MODEL) || $(MAKE) model

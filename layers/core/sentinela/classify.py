@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
+from .activity import MIN_SAMPLE_RATE
 from .audio import AudioInfo, Source, windows
 from .detect import ClipResult, Detector
 from .model import Model
@@ -29,7 +32,11 @@ def classify_source(
     wins = windows(src, sample_rate=card.sample_rate, window=card.window_samples, hop=card.hop_samples,
                    max_seconds=max_seconds)
     det = Detector(card, model.threat_names)
-    for batch in model.run(wins, batch_size=batch_size):
+    audible = wins.info.sample_rate >= MIN_SAMPLE_RATE
+    # A file below MIN_SAMPLE_RATE carries nothing audible: its windows go to the model as silence, so
+    # they score nothing, and the clip is still processed and recorded (flag no_audible_band).
+    stream = wins if audible else ((s, np.zeros_like(w)) for s, w in wins)
+    for batch in model.run(stream, batch_size=batch_size):
         det.add(batch)
     result = det.finish(wins.info.duration_s)
     stats = wins.stats
@@ -38,4 +45,6 @@ def classify_source(
         flags.append(f"mixed_{wins.info.channels}ch")
     if wins.info.truncated:
         flags.append("truncated")
+    if not audible:
+        flags.append("no_audible_band")
     return ClipOutcome(wins.info, result, flags, stats.peak, stats.rms, time.perf_counter() - t0)

@@ -144,10 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_extra(sub: Any) -> None:
     """Commands that live in their own modules register themselves here: bench, train, eval; sites and
-    rangers (rangers_cli); status and replay (ops_cli); devices and upload (devices_cli)."""
+    rangers (rangers_cli); status and replay (ops_cli); devices and upload (devices_cli); labels (labels_cli)."""
     import importlib
 
-    for name in ("bench", "train", "evaluate", "rangers_cli", "ops_cli", "devices_cli"):
+    for name in ("bench", "training.command", "evaluate", "rangers_cli", "ops_cli", "devices_cli", "labels_cli"):
         try:
             mod = importlib.import_module(f"sentinela.{name}")
         except ModuleNotFoundError as exc:

@@ -42,6 +42,9 @@ class LabelledClip:
     path: Path
     label: str
     group: str  # source recording: clips of one recording share it and never straddle CV folds
+    # source dataset (the manifest's source_repo, one name for the copies of one public set): a whole
+    # source is held out at once in cross-source evaluation, since it brings its own recorders and places
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,19 +78,34 @@ def group_key(stem: str) -> str:
     return stem
 
 
-def _manifest_groups(root: Path) -> dict[str, str]:
-    """file -> group, from MANIFEST.csv's source_repo and source_path stem when the folder has one."""
+# One public dataset published in several repositories is one source: holding out one copy while
+# training on the other would leak its recorders, its editing and sometimes its very recordings.
+SOURCE_ALIASES = {
+    "EmanueleMusumeci/UrbanSound8K-CNN-sound-classification": "UrbanSound8K",
+    "Alejandro-131004/AC-II": "UrbanSound8K",  # the set holds only its UrbanSound8K copies
+    "karolpiczak/ESC-10": "ESC-50",  # ESC-10 is a subset of ESC-50
+    "caitlinnguyen0/ESC-50": "ESC-50",
+}
+
+
+def source_dataset(source_repo: str) -> str:
+    return SOURCE_ALIASES.get(source_repo, source_repo)
+
+
+def _manifest_groups(root: Path) -> dict[str, tuple[str, str]]:
+    """file -> (group, source dataset), from MANIFEST.csv's source_repo and source_path stem."""
     manifest = root / "MANIFEST.csv"
     if not manifest.is_file():
         return {}
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, str]] = {}
     with manifest.open(newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             rel, src = row.get("file"), row.get("source_path")
             if not rel or not src:
                 continue
             stem = Path(src.split("#", 1)[0]).stem
-            out[rel] = f"{row.get('source_repo', '')}/{group_key(stem)}"
+            source = source_dataset(row.get("source_repo", "") or "")
+            out[rel] = (f"{source}/{group_key(stem)}", source)
     return out
 
 
@@ -108,8 +126,9 @@ def scan_dataset(root: str | Path) -> list[LabelledClip]:
             if not path.is_file() or any(part.startswith(".") for part in path.relative_to(base).parts):
                 continue
             rel = path.relative_to(base).as_posix()
-            group = groups.get(rel) or f"{folder.name}/{group_key(path.stem)}"
-            clips.append(LabelledClip(rel, path, folder.name, group))
+            # Without a manifest the folder itself is the source: all it is known to share.
+            group, source = groups.get(rel) or (f"{folder.name}/{group_key(path.stem)}", base.name)
+            clips.append(LabelledClip(rel, path, folder.name, group, source))
     if not clips:
         raise DatasetError(f"no clips under {base} (expected <label>/ folders: {', '.join(LABELS)})")
     return clips

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .activity import has_signal
 from .card import ModelCard
 
 
@@ -23,6 +24,8 @@ class WindowBatch:
     scores: np.ndarray  # float32 [n, labels] sigmoid scores of the base model
     threat: np.ndarray  # float32 [n, threats] one score per threat class (card order)
     embedding: np.ndarray | None  # float32 [n, d]
+    # bool [n]: the window holds some sound; a window without any scores 0 everywhere (activity.py)
+    signal: np.ndarray | None = None
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -100,5 +103,11 @@ class Model:
             yield self._batch(starts, buf)
 
     def _batch(self, starts: list[float], buf: list[np.ndarray]) -> WindowBatch:
-        scores, emb = self.infer(np.stack(buf))
-        return WindowBatch(np.asarray(starts), scores, self.threat_scores(scores, emb), emb)
+        wins = np.stack(buf)
+        scores, emb = self.infer(wins)
+        threat = self.threat_scores(scores, emb)
+        signal = has_signal(wins)
+        if not signal.all():
+            scores[~signal] = 0.0
+            threat[~signal] = 0.0
+        return WindowBatch(np.asarray(starts), scores, threat, emb, signal)

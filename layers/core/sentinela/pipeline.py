@@ -24,7 +24,7 @@ from .store import ClipRef, Store, clip_id_for, now_iso
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
 # Processed, but worth a look: recorded on the clip, tagged on the object, counted as ClipQuality_<flag>.
-QUALITY_FLAGS = ("silent", "dc_offset", "clipped", "truncated")
+QUALITY_FLAGS = ("silent", "dc_offset", "clipped", "truncated", "no_audible_band")
 
 
 @dataclass
