@@ -31,9 +31,11 @@ def tiny(tiny_card: ModelCard) -> Model:
     return Model(tiny_card, threads=1)
 
 
-def impulse(seconds: float = 10.0, at: float = 4.0, sr: int = SR, amp: float = 0.9) -> np.ndarray:
-    """A gun-like impulse in silence: the tiny model's gunshot."""
-    x = np.zeros(int(seconds * sr), np.float32)
+def impulse(seconds: float = 10.0, at: float = 4.0, sr: int = SR, amp: float = 0.9, floor: float = 3e-4) -> np.ndarray:
+    """A gun-like impulse over a recorder's faint noise floor (-70 dBFS): the tiny model's gunshot. Without
+    any floor, a window holding only a 4-ms pulse in digital silence is no sound at all to the activity gate
+    (sentinela.activity), as a lone click is."""
+    x = (floor * np.random.default_rng(int(at * 1000)).standard_normal(int(seconds * sr))).astype(np.float32)
     i = int(at * sr)
     x[i : i + sr // 240] = amp
     return x

@@ -130,7 +130,9 @@ def run_training(args: argparse.Namespace) -> int:
                  "sources": len({e.source for e in data}), "groups": len({e.clip.group for e in data}),
                  "manifest_sha256": manifest_hash([c for _, c in clips], shas), "skipped": skipped,
                  "windows": int(sum(len(e.emb) for e in data)),
-                 "bandlimited_windows": int(sum(len(v) for e in data for v in e.bandlimited.values())),
+                 "signal_windows": int(sum(int(e.signal.sum()) for e in data)),
+                 "bandlimited_windows": 0 if not COMMITTED.bandlimit else
+                 int(sum(len(v) for e in data for v in e.bandlimited.values())),
                  "mixes": 0 if mixes is None or not COMMITTED.needs_mixes else len(mixes.emb)},
         "base_model": {"id": card.id, "key": model_key(card)},
         "head": {"path": out.name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(),

@@ -107,7 +107,8 @@ def render(rep: Mapping[str, Any]) -> str:
         "",
         f"- data: {', '.join(f'`{x}`' for x in d['dirs'])}: {d['clips']} clips ({d['per_label']}), "
         f"{d['sources']} source datasets, {d['groups']} source recordings; manifest sha256 `{d['manifest_sha256']}`",
-        f"- rows: {d['windows']} production windows, {d['bandlimited_windows']} band-limited copies, "
+        f"- rows: {d['windows']} production windows ({d['signal_windows']} with signal: the others score 0 in "
+        f"classify and are left out), {d['bandlimited_windows']} band-limited copies, "
         f"{d['mixes']} mixes; skipped (unreadable): {len(d['skipped'])}",
         f"- base model: `{rep['base_model']['id']}`, `{rep['base_model']['key']}`",
         f"- head: `{rep['head']['path']}` ({rep['head']['bytes']} bytes, sha256 `{rep['head']['sha256']}`); graph "
