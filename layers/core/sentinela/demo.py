@@ -10,12 +10,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .keys import AUDIO_EXTENSIONS
 from .local.stack import REPO, LocalStack
+from .progress import progress as progress_bar
 from .roster import import_roster, load_roster
 from .store import Store
 
@@ -28,15 +29,18 @@ def find_audio(folder: Path) -> list[Path]:
 
 
 def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None,
-             roster: Path | None = None, out: Any = print, via_uploader: bool = False) -> dict[str, Any]:
-    if out is print:  # bound to the real stdout: the handlers' metrics lines go to a log file meanwhile
-        out = functools.partial(print, file=sys.stdout, flush=True)
+             roster: Path | None = None, out: Any = print, via_uploader: bool = False,
+             progress: bool = True) -> dict[str, Any]:
+    terminal = sys.stdout  # the real stdout: the handlers' metrics lines go to a log file meanwhile
+    if out is print:
+        out = functools.partial(print, file=terminal, flush=True)
     files = find_audio(audio) if audio and audio.is_dir() else []
     if not files:
         where = audio or "(none given)"
         out(f"No recordings found under {where}.\n"
             "Point the demo at a folder of .wav/.flac/.ogg/.mp3 files: `sentinela demo --audio DIR`\n"
-            "(or `make demo AUDIO=DIR`). Labelled folders like ../shared/audio/dev work as they are.")
+            "(or `make demo AUDIO=DIR`). Labelled folders like ../shared/audio/dev work as they are;\n"
+            "without --audio the demo uses ../shared/audio/dev, else the demo pack in demo/audio.")
         return {"clips_uploaded": 0, "clips_processed": 0, "clips_rejected": 0, "detections": {},
                 "alerts": [], "sms": []}
     t0 = time.perf_counter()
@@ -59,7 +63,9 @@ def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None
                                       ext=f.suffix.lower().lstrip("."))
                 keys[key] = f
             out(f"uploaded {len(files)} clips from {audio}; classifying ...")
-            _wait(stack)
+            with progress_bar(total=len(keys), desc="classified", unit="clip", stream=terminal,
+                              enabled=None if progress else False) as bar:
+                _wait(stack, on_tick=lambda: bar.set_done(stack.invocations["classify"]))
             stack.stop_background()
             stack.run_until_idle()
         out(f"(handler metrics and decoder warnings: {log_path})")
@@ -165,9 +171,11 @@ def _stderr_to(path: Path) -> Iterator[None]:
             os.close(saved)
 
 
-def _wait(stack: LocalStack, timeout_s: float = 3600) -> None:
+def _wait(stack: LocalStack, timeout_s: float = 3600, on_tick: Callable[[], None] | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while stack.pending() and time.monotonic() < deadline:
+        if on_tick:
+            on_tick()
         time.sleep(0.2)
 
 

@@ -399,10 +399,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.plots:
         for p in write_plots(run.scores, metrics, Path(args.plots), card.id):
             print(f"wrote {p}")
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {args.json_out}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        from .cli import emit_json
+
+        emit_json(result)
     return 0
 
 
@@ -414,7 +418,8 @@ def register(subparsers: Any) -> None:
                     "confusion matrix, accuracy and background false alarms.",
     )
     e.add_argument("dir", help="folder with <label>/ sub-folders")
-    e.add_argument("--json", help="write the metrics as JSON to this file")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON to stdout")
+    e.add_argument("--json-out", metavar="PATH", help="also write the metrics as JSON to this file")
     e.add_argument("--plots", help="write confusion_matrix.png and pr_curves.png into this folder")
     e.add_argument("--card", help="model card (default models/card.json)")
     e.add_argument("--operating-point", choices=("balanced", "quiet"), default="balanced",
