@@ -54,7 +54,8 @@ def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None
         # The router classifies while the uploads go on; the handlers' output goes to the log meanwhile.
         with _stderr_to(log_path):
             stack.start_background()
-            base = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=len(files) // 60 + 1)
+            # One clip a minute, the last a minute ago: the earliest are late uploads, and their texts say so.
+            base = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=len(files) + 1)
             keys: dict[str, Path] = {}
             if via_uploader:
                 keys = _upload_via_uploader(stack, store, files, base, out)
