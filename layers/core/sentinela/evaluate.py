@@ -363,7 +363,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (DatasetError, CardError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run = score_clips(clips, model, batch_size=args.batch)
+    import tempfile
+
+    from .progress import native_stderr_to
+
+    decoder_log = Path(tempfile.gettempdir()) / "sentinela-eval-decoder.log"
+    decoder_log.unlink(missing_ok=True)
+    with native_stderr_to(decoder_log):  # libmpg123 complains on fd 2 about every odd MP3 frame
+        run = score_clips(clips, model, batch_size=args.batch)
+    if decoder_log.exists() and decoder_log.stat().st_size:
+        print(f"(decoder warnings: {decoder_log})", file=sys.stderr)
     if not run.scores:
         print("error: no readable clips to evaluate", file=sys.stderr)
         return 2

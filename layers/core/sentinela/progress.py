@@ -12,7 +12,11 @@ or off a terminal, :func:`progress` returns a bar that does nothing.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
@@ -66,3 +70,21 @@ def progress(total: int | None, desc: str, unit: str = "it", stream: TextIO | No
     except ImportError:
         return Progress()
     return _Tqdm(tqdm(total=total, desc=desc, unit=unit, file=out, dynamic_ncols=True, leave=False))
+
+
+@contextlib.contextmanager
+def native_stderr_to(path: Path) -> Iterator[Path]:
+    """Send what native libraries write straight to file descriptor 2 (libmpg123's "Note: Illegal Audio-MPEG-
+    Header" lines while decoding an MP3) to ``path`` instead of the terminal. Python's own sys.stderr is
+    flushed first and comes back afterwards; nothing is lost, the lines are in the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with path.open("a", encoding="utf-8") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield path
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
