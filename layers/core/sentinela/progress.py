@@ -69,7 +69,11 @@ def progress(total: int | None, desc: str, unit: str = "it", stream: TextIO | No
         from tqdm import tqdm
     except ImportError:
         return Progress()
-    return _Tqdm(tqdm(total=total, desc=desc, unit=unit, file=out, dynamic_ncols=True, leave=False))
+    import shutil
+
+    # A terminal that reports no size (a pty under `script`, some CI runners) would get a zero-width bar.
+    width = shutil.get_terminal_size((100, 24)).columns or 100
+    return _Tqdm(tqdm(total=total, desc=desc, unit=unit, file=out, ncols=min(width, 120), leave=False))
 
 
 @contextlib.contextmanager
