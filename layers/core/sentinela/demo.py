@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .devices import add_device
 from .keys import AUDIO_EXTENSIONS
 from .local.stack import REPO, LocalStack
 from .progress import progress as progress_bar
@@ -22,6 +23,9 @@ from .store import Store
 
 SITE = "nahuelbuta-norte"
 DEVICES = ("rec-01", "rec-02", "rec-03", "rec-04")
+# Where the demo's recorders stand, a few hundred metres around the site's centre: the texts link there.
+PLACES = {"rec-01": (-37.7891, -72.9952), "rec-02": (-37.7958, -72.9870), "rec-03": (-37.8004, -72.9936),
+          "rec-04": (-37.7917, -73.0021)}
 
 
 def find_audio(folder: Path) -> list[Path]:
@@ -59,6 +63,11 @@ def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None
             keys: dict[str, Path] = {}
             if via_uploader:
                 keys = _upload_via_uploader(stack, store, files, base, out)
+            else:
+                for device, (lat, lon) in PLACES.items():
+                    # Registered as `sentinela devices add --lat --lon` would; the secret is not needed
+                    # here (these clips go straight to the bucket) and is dropped.
+                    add_device(store, SITE, device, 600, lat, lon)
             for i, f in enumerate([] if via_uploader else files):
                 key, _ = stack.upload(f, SITE, DEVICES[i % len(DEVICES)], base + dt.timedelta(seconds=60 * i),
                                       ext=f.suffix.lower().lstrip("."))
@@ -92,7 +101,6 @@ def _upload_via_uploader(stack: LocalStack, store: Store, files: list[Path], bas
     import shutil
     import tempfile
 
-    from .devices import add_device
     from .uploader import Uploader
 
     keys: dict[str, Path] = {}
@@ -108,7 +116,8 @@ def _upload_via_uploader(stack: LocalStack, store: Store, files: list[Path], bas
                 name = (base + dt.timedelta(seconds=60 * i)).strftime("%Y%m%dT%H%M%SZ") + files[i].suffix.lower()
                 shutil.copyfile(files[i], folder / name)
                 originals[name] = files[i]
-            up = Uploader(folder, stack.uploads_url, SITE, device, add_device(store, SITE, device, 600))
+            secret = add_device(store, SITE, device, 600, *PLACES[device])
+            up = Uploader(folder, stack.uploads_url, SITE, device, secret)
             up.scan()
             report = up.run_pass()
             saved += report.bytes_saved
