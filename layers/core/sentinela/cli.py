@@ -193,8 +193,8 @@ def _register_extra(sub: Any) -> None:
         except ModuleNotFoundError as exc:
             if exc.name == f"sentinela.{name}":
                 continue
-            # A recorder-only install (requirements/recorder.txt) has no numpy-heavy tools or AWS SDK:
-            # the commands that need them say so instead of breaking `sentinela upload`.
+            # A third-party package this install lacks (a recorder-only install has no AWS SDK, PyYAML
+            # or onnxruntime): the commands that need it say so instead of breaking `sentinela upload`.
             _unavailable(sub, name, str(exc.name))
             continue
         mod.register(sub)
@@ -236,7 +236,7 @@ def _describe(exc: BaseException) -> str | None:
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
         return f"{where}{exc.strerror or exc}"
-    if isinstance(exc, (ValueError, KeyError, UnicodeError)):
+    if isinstance(exc, (ValueError, UnicodeError)):
         return f"bad input: {exc}"
     return None
 
