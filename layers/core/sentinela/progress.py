@@ -78,17 +78,29 @@ def progress(total: int | None, desc: str, unit: str = "it", stream: TextIO | No
 
 @contextlib.contextmanager
 def native_stderr_to(path: Path) -> Iterator[Path]:
-    """Send what native libraries write straight to file descriptor 2 (libmpg123's "Note: Illegal Audio-MPEG-
-    Header" lines while decoding an MP3) to ``path`` instead of the terminal. Python's own sys.stderr is
-    flushed first and comes back afterwards; nothing is lost, the lines are in the file."""
+    """Send what native libraries write straight to file descriptor 2 (libmpg123's "part2_3_length too
+    large" lines while decoding an MP3) to ``path`` instead of the terminal. Python's own ``sys.stderr``
+    keeps writing to the terminal meanwhile (its lines are the ones a person must see); nothing is lost,
+    the native lines are in the file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
     saved = os.dup(2)
-    with path.open("a", encoding="utf-8") as f:
+    terminal = os.fdopen(saved, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+    # Only a sys.stderr that writes to fd 2 needs moving; one already elsewhere (captured) stays.
+    python_err = terminal if _writes_to_fd(sys.stderr, 2) else sys.stderr
+    with path.open("a", encoding="utf-8") as f, contextlib.redirect_stderr(python_err):
         os.dup2(f.fileno(), 2)
         try:
             yield path
         finally:
-            sys.stderr.flush()
+            terminal.flush()
             os.dup2(saved, 2)
+            terminal.close()
             os.close(saved)
+
+
+def _writes_to_fd(stream: Any, fd: int) -> bool:
+    try:
+        return bool(stream.fileno() == fd)
+    except (AttributeError, OSError, ValueError):
+        return False
