@@ -15,7 +15,7 @@ help: ## list every target
 $(STAMP): pyproject.toml requirements/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,train]'
+	$(BIN)/pip install -q -c requirements/constraints.txt -e '.[dev,train,tools]'
 	@touch $@
 
 install: $(STAMP) ## create .venv and install sentinela with its pinned dependencies
@@ -59,13 +59,14 @@ scan: $(STAMP) $(CHECKOV_STAMP) ## policy scan: checkov on template.yaml and on 
 model: ## build and verify the BirdNET V2.4 ONNX model (cached; seconds when present)
 	$(PYTHON) models/build/build_model.py
 
-demo: $(STAMP) ## run the whole flow on the embedded local stack with the real model
+# Without AUDIO=DIR the demo picks ../shared/audio/dev when present, else the demo pack in demo/audio.
+demo: $(STAMP) ## run the whole flow on the local stack with the real model (AUDIO=DIR; default the full set, else demo/audio)
 	@test -f $(MODEL) || $(MAKE) model
-	$(BIN)/sentinela demo --audio $(AUDIO)
+	$(BIN)/sentinela demo $(if $(filter command line environment,$(origin AUDIO)),--audio $(AUDIO))
 
-bench: $(STAMP) ## speed and memory benchmark (prints figures; --json in BENCH_JSON)
+bench: $(STAMP) ## speed and memory benchmark (prints figures; a JSON file with BENCH_JSON=PATH)
 	@test -f $(MODEL) || $(MAKE) model
-	$(BIN)/sentinela bench $(if $(BENCH_JSON),--json $(BENCH_JSON))
+	$(BIN)/sentinela bench $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
 
 clean: ## remove the virtualenv and caches (keeps the built model)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
@@ -76,6 +77,6 @@ train: $(STAMP) ## train the threat head on labelled folders (TRAIN_DIRS="DIR ..
 	@test -f $(MODEL) || $(MAKE) model
 	SENTINELA_THREADS=2 $(BIN)/sentinela train $(TRAIN_DIRS)
 
-eval: $(STAMP) ## evaluate the configured model on labelled folders (AUDIO=DIR); JSON in EVAL_JSON
+eval: $(STAMP) ## evaluate the configured model on labelled folders (AUDIO=DIR); JSON file in EVAL_JSON=PATH
 	@test -f $(MODEL) || $(MAKE) model
-	$(BIN)/sentinela eval $(AUDIO) $(if $(EVAL_JSON),--json $(EVAL_JSON))
+	$(BIN)/sentinela eval $(AUDIO) $(if $(EVAL_JSON),--json-out $(EVAL_JSON))

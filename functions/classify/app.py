@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
@@ -18,6 +20,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from sentinela import runtime
 
 logger = Logger()
+# The core's loggers (sentinela.*) write through this logger's handler and formatter: JSON lines with
+# the same correlation keys (clip key, incident id) as the handler's own lines.
+logging.getLogger("sentinela")
+copy_config_to_registered_loggers(source_logger=logger, include={"sentinela"})
 metrics = Metrics()
 tracer = Tracer()
 # The same object version delivered twice (S3 is at-least-once) is processed once.

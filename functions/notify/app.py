@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -13,6 +15,10 @@ from sentinela import runtime
 from sentinela.store import from_ddb
 
 logger = Logger()
+# The core's loggers (sentinela.*) write through this logger's handler and formatter: JSON lines with
+# the same correlation keys (clip key, incident id) as the handler's own lines.
+logging.getLogger("sentinela")
+copy_config_to_registered_loggers(source_logger=logger, include={"sentinela"})
 metrics = Metrics()
 tracer = Tracer()
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
@@ -23,7 +29,8 @@ def record_handler(record: DynamoDBRecord) -> dict[str, Any]:
     alert = from_ddb(record.dynamodb.new_image if record.dynamodb else {})
     logger.append_keys(clip_id=alert.get("clip_id"), threat=alert.get("threat"))
     res = runtime.notify_service(metrics).handle_alert(alert)
-    logger.info("alert handled", extra={"sent": len(res.sent), "skipped": len(res.skipped),
+    logger.info("alert handled", extra={"incident_id": res.incident_id, "outcome": res.outcome,
+                                        "sent": len(res.sent), "skipped": len(res.skipped),
                                         "failed": len(res.failed)})
     return {"sent": res.sent, "skipped": res.skipped}
 

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sentinela import runtime
 
 logger = Logger()
+# The core's loggers (sentinela.*) write through this logger's handler and formatter: JSON lines with
+# the same correlation keys (clip key, incident id) as the handler's own lines.
+logging.getLogger("sentinela")
+copy_config_to_registered_loggers(source_logger=logger, include={"sentinela"})
 metrics = Metrics()
 tracer = Tracer()
 

@@ -9,11 +9,13 @@ Both must carry a valid X-Twilio-Signature for the URL Twilio called; anything e
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import urllib.parse
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -21,6 +23,10 @@ from sentinela import runtime
 from sentinela.sms import mask_phone, twiml_message, valid_signature
 
 logger = Logger()
+# The core's loggers (sentinela.*) write through this logger's handler and formatter: JSON lines with
+# the same correlation keys (clip key, incident id) as the handler's own lines.
+logging.getLogger("sentinela")
+copy_config_to_registered_loggers(source_logger=logger, include={"sentinela"})
 metrics = Metrics()
 tracer = Tracer()
 
@@ -54,7 +60,9 @@ def handler(event: APIGatewayProxyEventV2, context: LambdaContext) -> dict[str, 
     if event.raw_path.endswith("/status"):
         params = form | dict(urllib.parse.parse_qsl(event.raw_query_string))
         recorded = service.delivery_status(params)
-        logger.info("delivery status", extra={"status": params.get("MessageStatus"), "recorded": recorded})
+        logger.info("delivery status", extra={"incident_id": params.get("i"), "step": params.get("s"),
+                                              "status": params.get("MessageStatus") or params.get("SmsStatus"),
+                                              "recorded": recorded})
         return {"statusCode": 204, "body": ""}
     sender = form.get("From", "")
     answer = service.reply(sender, form.get("Body", ""))

@@ -38,7 +38,7 @@ def test_demo_reports_broken_files_and_still_alerts_on_good_ones(tiny_card_path:
     for name, (data, _) in broken.items():
         (d / name).write_bytes(data)
     out = tmp_path / "demo.json"
-    assert main(["demo", "--audio", str(d), "--card", str(tiny_card_path), "--json", str(out)]) == 0
+    assert main(["demo", "--audio", str(d), "--card", str(tiny_card_path), "--json-out", str(out)]) == 0
     printed = capsys.readouterr().out
     res = json.loads(out.read_text())
     assert res["clips_uploaded"] == 10 and res["clips_rejected"] == len(broken) and res["clips_processed"] == 4

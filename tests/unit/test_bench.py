@@ -19,7 +19,7 @@ from sentinela.devtools.tiny_model import build
 def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     card = build(tmp_path / "model")
     out = tmp_path / "bench.json"
-    rc = main(["bench", "--quick", "--skip-tflite", "--skip-memory", "--json", str(out), "--card", str(card)])
+    rc = main(["bench", "--quick", "--skip-tflite", "--skip-memory", "--json-out", str(out), "--card", str(card)])
     assert rc == 0
     r = json.loads(out.read_text())
     for key in ("rtf_1thread", "rtf_2threads", "cold_start_s"):
@@ -44,7 +44,7 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
 def test_missing_tflite_runtime_is_reported_not_raised(tmp_path: Path) -> None:
     card = build(tmp_path / "model")
     out = tmp_path / "bench.json"
-    rc = main(["bench", "--quick", "--skip-memory", "--json", str(out), "--card", str(card),
+    rc = main(["bench", "--quick", "--skip-memory", "--json-out", str(out), "--card", str(card),
                "--tflite-python", str(tmp_path / "no-such-python")])
     assert rc == 0
     r = json.loads(out.read_text())

@@ -143,3 +143,39 @@ def test_every_incident_text_is_gsm7_within_two_segments(lang: str, threat: str,
         seg = segments(text)
         assert seg.encoding == "GSM-7" and seg.segments <= 2, (text, seg)
     assert "4FA808" in texts[0] and "%" in texts[0] and ("1=voy" in texts[0] or "1=on my way" in texts[0])
+
+
+DEVICE = {"site_id": "s", "device_id": "rec-07", "lat": -37.801234, "lon": -72.954321}
+
+
+@pytest.mark.parametrize("lang", ["es", "en"])
+@pytest.mark.parametrize("threat", sorted(THREAT_WORDS["es"]))
+@pytest.mark.parametrize("site", [SITE, LONG_SITE], ids=["site", "long-site"])
+def test_texts_name_the_recorder_its_place_and_a_late_sounds_age(lang: str, threat: str,
+                                                                 site: dict[str, Any]) -> None:
+    from datetime import UTC, datetime
+
+    long_id = "grabadora-norte-quebrada-07-bis"
+    alert = dict(ALERT, threat=threat, recorded_at="2026-11-28T14:20:00Z", device_id=long_id)
+    late = datetime(2026, 11, 28, 17, 5, tzinfo=UTC)  # 2 h 45 min after it was recorded
+    text = render_alert(alert, site, lang, "4FA808", dict(DEVICE, device_id=long_id), late)
+    seg = segments(text)
+    assert seg.encoding == "GSM-7" and seg.segments <= 2, (text, seg)
+    assert long_id[:20] in text
+    assert ("hace 3 h" if lang == "es" else "3 h ago") in text
+    if site is SITE:
+        assert "q=-37.80123,-72.95432" in text  # the recorder's point, not the site's centre
+    esc = render_escalation(_incident(threat), site, lang, 15, DEVICE)
+    assert segments(esc).segments <= 2 and (site is not SITE or "q=-37.80123,-72.95432" in esc)
+
+
+@pytest.mark.parametrize("lang", ["es", "en"])
+def test_a_fresh_sound_has_no_age_and_an_unplaced_recorder_links_the_site(lang: str) -> None:
+    from datetime import UTC, datetime
+
+    alert = dict(ALERT, recorded_at="2026-11-28T14:20:00Z", device_id="rec-01")
+    text = render_alert(alert, SITE, lang, "4FA808", None, datetime(2026, 11, 28, 14, 30, tzinfo=UTC))
+    assert "hace" not in text and "ago" not in text  # 10 min is not late
+    assert f"q={SITE['lat']:.5f},{SITE['lon']:.5f}" in text and "rec-01" in text
+    later = render_alert(alert, SITE, lang, "4FA808", None, datetime(2026, 11, 28, 14, 45, tzinfo=UTC))
+    assert ("hace 25 min" if lang == "es" else "25 min ago") in later

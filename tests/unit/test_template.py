@@ -463,7 +463,8 @@ def test_classify_s3_events_every_suffix_in_both_cases_under_clips(
         assert r["events"] == ["s3:ObjectCreated:*"]
     configs = props(translated, "ClipsBucket")["NotificationConfiguration"]["LambdaConfigurations"]
     assert len(configs) == 8
-    assert all(c["Function"] == {"Fn::GetAtt": ["ClassifyFunction", "Arn"]} for c in configs)
+    # The "live" alias (AutoPublishAlias), never $LATEST: a deploy shifts clips to a new version gradually.
+    assert all(c["Function"] == {"Ref": "ClassifyFunctionAliaslive"} for c in configs)
 
 
 def test_notify_filter_is_exactly_the_alert_pattern(tpl: dict[str, Any], translated: dict[str, Any]) -> None:
@@ -719,7 +720,21 @@ def test_dashboard_shows_what_ops_need(tpl: dict[str, Any]) -> None:
                    "ApproximateNumberOfMessagesVisible", "SilentDevices", "Errors", "Throttles"):
         assert f'"{metric}"' in text, metric
     assert '"p50"' in text and '"p95"' in text and "m1/3600" in text
-    assert any(w["type"] == "alarm" and len(w["properties"]["alarms"]) == 6 for w in body["widgets"])
+    alarms = {k for k, r in tpl["Resources"].items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    (panel,) = [w for w in body["widgets"] if w["type"] == "alarm"]
+    raw = props(tpl, "OpsDashboard")["DashboardBody"]["Fn::Sub"][0]
+    assert len(panel["properties"]["alarms"]) == len(alarms)
+    assert all(f'"${{{a}.Arn}}"' in raw for a in alarms)  # every alarm in the template is on the panel
+    for metric in ("AlertsWithoutRanger", "SmsUndelivered", "EscalationExhausted", "IteratorAge", "5xx",
+                   "ClipsByModel"):
+        assert metric in text, metric
+    functions = {r["Properties"]["FunctionName"]["Fn::Sub"] for r in tpl["Resources"].values()
+                 if r["Type"] == "AWS::Serverless::Function"}
+    for title in ("Function errors (every function)", "Function throttles (every function)"):
+        (w,) = [w for w in body["widgets"] if w["properties"].get("title") == title]
+        shown = len(w["properties"]["metrics"])
+        assert shown == len(functions), title
+        assert all(f'"{f}"' in raw for f in functions), title
 
 
 def test_saved_log_queries_for_clips_and_incidents(tpl: dict[str, Any]) -> None:
@@ -739,3 +754,37 @@ def test_no_plain_secret_or_phone_number_in_function_environments(translated: di
         env = json.dumps(r["Properties"].get("Environment", {}))
         assert not re.search(r"\+\d{8,}", env), logical_id  # phone numbers come from data, never env
         assert not re.search(r"(?i)(auth_token|password|secret_key)\"\s*:", env), logical_id
+
+
+def test_silent_failures_are_alarmed_from_metrics_the_code_emits(tpl: dict[str, Any]) -> None:
+    alarms = {k: r["Properties"] for k, r in tpl["Resources"].items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    emitted = {(a["MetricName"], a["Dimensions"][0]["Value"]) for a in alarms.values()
+               if a.get("Namespace") == "Sentinela"}
+    assert {("AlertsWithoutRanger", "notify"), ("SmsUndelivered", "sms_reply"),
+            ("EscalationExhausted", "escalate")} <= emitted
+    src = "".join((REPO / "layers" / "core" / "sentinela" / f).read_text() for f in ("incidents.py", "silence.py"))
+    for metric, _ in emitted:
+        assert f'"{metric}"' in src, metric  # an alarm on a metric nobody emits would never fire
+    age = alarms["NotifyIteratorAgeAlarm"]
+    assert (age["Namespace"], age["MetricName"], age["Statistic"]) == ("AWS/Lambda", "IteratorAge", "Maximum")
+    api = {m["Id"]: m for m in alarms["Api5xxAlarm"]["Metrics"]}
+    assert {api[i]["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Ref"] for i in ("uploads", "sms")} == {
+        "UploadsApi", "SmsApi"}
+
+
+def test_safe_deploys_tags_and_budget(tpl: dict[str, Any], translated: dict[str, Any]) -> None:
+    for fn in ("ClassifyFunction", "NotifyFunction"):
+        p = props(tpl, fn)
+        assert p["AutoPublishAlias"] == "live"
+        assert p["DeploymentPreference"]["Type"] == {"Ref": "DeploymentType"}
+        assert p["DeploymentPreference"]["Role"] == {"Fn::GetAtt": ["CodeDeployRole", "Arn"]}
+    assert props(translated, "NotifyFunctionAlertInserted")["FunctionName"] == {"Ref": "NotifyFunctionAliaslive"}
+    perms = [r["Properties"] for r in translated["Resources"].values() if r["Type"] == "AWS::Lambda::Permission"
+             and r["Properties"]["Principal"] == "s3.amazonaws.com"]
+    assert len(perms) == 8 and all(p["FunctionName"] == {"Ref": "ClassifyFunctionAliaslive"} for p in perms)
+    assert tpl["Globals"]["Function"]["Tags"]["SentinelaStack"] == {"Ref": "AWS::StackName"}
+    for name in ("ClipsBucket", "DataTable", "ClassifyLogGroup", "OpsTopic"):
+        assert {"Key": "SentinelaStack", "Value": {"Ref": "AWS::StackName"}} in props(tpl, name)["Tags"], name
+    budget = res(tpl, "CostBudget")
+    assert budget["Condition"] == "HasBudget" and budget["Type"] == "AWS::Budgets::Budget"
+    assert "CostBudget" not in translated["Resources"] or translated["Resources"]["CostBudget"]["Condition"]

@@ -185,7 +185,7 @@ def test_eval_reports_metrics_and_skips_unreadable(
 ) -> None:
     out = tmp_path / "eval.json"
     plots = tmp_path / "plots"
-    rc = main(["eval", str(trained["data"]), "--card", str(trained["card"]), "--json", str(out),
+    rc = main(["eval", str(trained["data"]), "--card", str(trained["card"]), "--json-out", str(out),
                "--plots", str(plots)])
     assert rc == 0
     res = json.loads(out.read_text())
@@ -207,7 +207,7 @@ def test_eval_reports_metrics_and_skips_unreadable(
     card = json.loads(trained["card"].read_text())
     assert all(rule["quiet"]["alert"] >= rule["alert"] for rule in card["threats"].values())
     quiet_out = tmp_path / "quiet.json"
-    assert main(["eval", str(trained["data"]), "--card", str(trained["card"]), "--json", str(quiet_out),
+    assert main(["eval", str(trained["data"]), "--card", str(trained["card"]), "--json-out", str(quiet_out),
                  "--operating-point", "quiet"]) == 0
     quiet = json.loads(quiet_out.read_text())
     assert quiet["operating_point"] == "quiet"

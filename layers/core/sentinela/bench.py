@@ -551,15 +551,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"error: bench: {exc}", file=sys.stderr)
         return 2
     print_summary(report, say)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        say(f"wrote {args.json_out}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        say(f"wrote {args.json}")
+        from .cli import emit_json
+
+        emit_json(report)
     return 0
 
 
 def register(subparsers: Any) -> None:
     b = subparsers.add_parser("bench", help="speed, cold start and memory of the classify path (benchmarks)")
-    b.add_argument("--json", metavar="OUT", help="also write every figure as JSON to OUT")
+    b.add_argument("--json", action="store_true", help="print every figure as JSON to stdout")
+    b.add_argument("--json-out", metavar="PATH", help="also write every figure as JSON to this file")
     b.add_argument("--card", help="model card (default models/card.json)")
     b.add_argument("--quick", action="store_true", help="short audio, one repeat (smoke test)")
     b.add_argument("--skip-tflite", action="store_true", help="leave out the TFLite comparison")

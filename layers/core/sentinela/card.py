@@ -6,6 +6,7 @@ Paths inside a card are relative to the card file, so a card and its model trave
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,6 +56,14 @@ class ModelCard:
     head: HeadSpec | None = None
     sha256: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    head_sha256: str | None = None
+
+    @property
+    def model_id(self) -> str:
+        """What decided an alert: the base model (the card's id) and the exact head, by its bytes' hash.
+        Recorded on every clip, detection and alert, and a metric dimension: a retrained head is a new
+        model_id, so its alerts and figures never mix with the old head's."""
+        return f"{self.id}+head-{self.head_sha256[:12]}" if self.head_sha256 else self.id
 
     @property
     def window_samples(self) -> int:
@@ -154,7 +163,15 @@ def load_card(path: str | Path) -> ModelCard:
         head=head,
         sha256=model.get("sha256"),
         raw=raw,
+        head_sha256=_file_sha256(head.path) if head is not None else None,
     )
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None  # a missing head is reported where the model is loaded
 
 
 def at_operating_point(card: ModelCard, point: str) -> ModelCard:

@@ -1,16 +1,41 @@
-"""The `sentinela` command. Every failure a user can cause ends in one line on stderr, never a traceback."""
+"""The `sentinela` command. Every failure a user can cause ends in one line on stderr, never a traceback.
+
+One error boundary (:func:`main`): AWS, network, file and input errors raised anywhere below a command
+become ``error: <what happened>`` on stderr and exit status 2. ``--json`` always means "print JSON to
+stdout": while such a command runs, its human-readable lines go to stderr and :func:`emit_json` writes
+to the real stdout, so ``sentinela ... --json | jq`` always reads one JSON document.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from . import __version__
 
 DEFAULT_AUDIO = Path("../shared/audio/dev")
+# The demo pack committed in the repository (demo/audio, with its ATTRIBUTION file): what `sentinela demo`
+# runs on when no folder is given and ../shared is absent (a fresh clone).
+DEMO_PACK = Path(__file__).resolve().parents[3] / "demo" / "audio"
+
+
+class CliError(Exception):
+    """A failure the user can act on; its text is the whole message (no traceback)."""
+
+
+_json_out: TextIO | None = None
+
+
+def emit_json(obj: Any) -> None:
+    """The command's JSON document, to stdout even while its human-readable lines go to stderr."""
+    out = _json_out or sys.stdout
+    out.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    out.flush()
 
 
 def _err(msg: str) -> None:
@@ -50,15 +75,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
                                "start_s": round(d.start_s, 2), "end_s": round(d.end_s, 2),
                                "alert": d.alert} for d in dets]}
         results.append(rec)
-        if not args.json:
-            for d in rec["detections"]:
-                flag = "  ALERT" if d["alert"] else ""
-                print(f"{name}\t{d['start_s']:7.1f}-{d['end_s']:<7.1f}\t{d['kind']:<7}\t{d['label']}\t"
-                      f"{d['confidence']:.3f}{flag}")
-            if not rec["detections"]:
-                print(f"{name}\t(no detections)")
+        for d in rec["detections"]:
+            flag = "  ALERT" if d["alert"] else ""
+            print(f"{name}\t{d['start_s']:7.1f}-{d['end_s']:<7.1f}\t{d['kind']:<7}\t{d['label']}\t"
+                  f"{d['confidence']:.3f}{flag}")
+        if not rec["detections"]:
+            print(f"{name}\t(no detections)")
     if args.json:
-        print(json.dumps(results, indent=2, ensure_ascii=False))
+        emit_json(results)
     return status
 
 
@@ -75,10 +99,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except CardError as exc:
         _err(str(exc))
         return 2
-    audio = Path(args.audio) if args.audio else (DEFAULT_AUDIO if DEFAULT_AUDIO.is_dir() else None)
-    run_demo(audio, Path(args.json) if args.json else None, card=card,
-             roster=Path(args.roster) if args.roster else None, via_uploader=args.via_uploader)
+    audio = Path(args.audio) if args.audio else default_demo_audio()
+    result = run_demo(audio, Path(args.json_out) if args.json_out else None, card=card,
+                      roster=Path(args.roster) if args.roster else None, via_uploader=args.via_uploader,
+                      progress=not args.json)
+    if args.json:
+        emit_json(result)
     return 0
+
+
+def default_demo_audio() -> Path | None:
+    """../shared/audio/dev when it is there (the full set), else the demo pack committed in the repository."""
+    for folder in (DEFAULT_AUDIO, DEMO_PACK):
+        if folder.is_dir():
+            return folder
+    return None
 
 
 def cmd_roster_import(args: argparse.Namespace) -> int:
@@ -93,19 +128,21 @@ def cmd_roster_import(args: argparse.Namespace) -> int:
     table = args.table or _stack_output(args.stack, "DataTableName")
     sites, rangers = import_roster(Store(table), roster)
     print(f"imported {sites} site(s) and {rangers} ranger assignment(s) into {table}")
+    if args.json:
+        emit_json({"table": table, "sites": sites, "ranger_assignments": rangers})
     return 0
 
 
 def _stack_output(stack: str | None, key: str) -> str:
     if not stack:
-        raise SystemExit("error: give --table NAME or --stack NAME")
+        raise CliError("give --table NAME or --stack NAME")
     import boto3
 
     outs = boto3.client("cloudformation").describe_stacks(StackName=stack)["Stacks"][0].get("Outputs", [])
     for o in outs:
         if o["OutputKey"] == key:
             return str(o["OutputValue"])
-    raise SystemExit(f"error: stack {stack} has no output {key}")
+    raise CliError(f"stack {stack} has no output {key}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,8 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("demo", help="run the whole flow on the embedded local stack")
-    d.add_argument("--audio", help="folder of recordings (default ../shared/audio/dev when present)")
-    d.add_argument("--json", help="write the summary as JSON to this file")
+    d.add_argument("--audio", help="folder of recordings (default ../shared/audio/dev when present, else the "
+                                   "demo pack in demo/audio)")
+    d.add_argument("--json", action="store_true", help="print the summary as JSON to stdout")
+    d.add_argument("--json-out", metavar="PATH", help="also write the summary as JSON to this file")
     d.add_argument("--card", help="model card (default models/card.json)")
     d.add_argument("--roster", help="sites and rangers file (default config/demo-roster.yaml)")
     d.add_argument("--via-uploader", action="store_true",
@@ -137,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     ri.add_argument("file")
     ri.add_argument("--table", help="DynamoDB table name")
     ri.add_argument("--stack", help="a deployed stack name (reads its DataTableName output)")
+    ri.add_argument("--json", action="store_true", help="print the counts as JSON")
     ri.set_defaults(fn=cmd_roster_import)
     _register_extra(sub)
     return p
@@ -151,18 +191,85 @@ def _register_extra(sub: Any) -> None:
         try:
             mod = importlib.import_module(f"sentinela.{name}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"sentinela.{name}":
-                raise
+            if exc.name == f"sentinela.{name}":
+                continue
+            # A third-party package this install lacks (a recorder-only install has no AWS SDK, PyYAML
+            # or onnxruntime): the commands that need it say so instead of breaking `sentinela upload`.
+            _unavailable(sub, name, str(exc.name))
             continue
         mod.register(sub)
 
 
+_COMMANDS = {"bench": ("bench",), "train": ("train",), "evaluate": ("eval",), "rangers_cli": ("sites", "rangers"),
+             "ops_cli": ("status", "replay"), "devices_cli": ("devices", "upload")}
+
+
+def _unavailable(sub: Any, module: str, missing: str) -> None:
+    def fail(args: argparse.Namespace) -> int:
+        raise CliError(_missing(args.cmd, missing))
+
+    for cmd in _COMMANDS.get(module, ()):
+        p = sub.add_parser(cmd, help=f"(not installed: needs {missing})")
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(fn=fail)
+
+
+def _missing(cmd: str, module: str) -> str:
+    return (f"`sentinela {cmd}` needs {module}, which this install does not have (a recorder-only install "
+            "runs `sentinela upload`; install the full package for the rest)")
+
+
+def _describe(exc: BaseException) -> str | None:
+    """One line for the failures a user meets (AWS, network, files, input); None for a bug."""
+    mod = type(exc).__module__.split(".")[0]
+    if mod in ("botocore", "boto3"):
+        # ClientError's text already names the call and the code: "An error occurred (ValidationError)
+        # when calling the DescribeStacks operation: Stack with id nosuch does not exist".
+        text = str(exc)
+        if "credentials" in text.lower():
+            return f"AWS: {text} (configure credentials: aws configure, or AWS_PROFILE)"
+        return f"AWS: {text}"
+    if mod in ("urllib3", "requests", "twilio"):
+        return f"network: {exc}"
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return f"network: {exc}"
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    if isinstance(exc, (ValueError, UnicodeError)):
+        return f"bad input: {exc}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _json_out
     args = build_parser().parse_args(argv)
+    as_json = getattr(args, "json", None) is True
     try:
+        if as_json:
+            # The human lines go to stderr; emit_json writes the one JSON document to the real stdout.
+            _json_out = sys.stdout
+            with contextlib.redirect_stdout(sys.stderr):
+                return int(args.fn(args))
         return int(args.fn(args))
     except KeyboardInterrupt:
         return 130
+    except CliError as exc:
+        _err(str(exc))
+        return 2
+    except ModuleNotFoundError as exc:
+        _err(_missing(args.cmd, str(exc.name)))
+        return 2
+    except Exception as exc:
+        what = _describe(exc)
+        if what is None:
+            if os.environ.get("SENTINELA_DEBUG"):
+                raise
+            what = f"unexpected {type(exc).__name__}: {exc} (SENTINELA_DEBUG=1 shows where)"
+        _err(" ".join(what.split()))
+        return 2
+    finally:
+        _json_out = None
 
 
 if __name__ == "__main__":

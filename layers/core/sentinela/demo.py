@@ -10,17 +10,22 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .devices import add_device
 from .keys import AUDIO_EXTENSIONS
 from .local.stack import REPO, LocalStack
+from .progress import progress as progress_bar
 from .roster import import_roster, load_roster
 from .store import Store
 
 SITE = "nahuelbuta-norte"
 DEVICES = ("rec-01", "rec-02", "rec-03", "rec-04")
+# Where the demo's recorders stand, a few hundred metres around the site's centre: the texts link there.
+PLACES = {"rec-01": (-37.7891, -72.9952), "rec-02": (-37.7958, -72.9870), "rec-03": (-37.8004, -72.9936),
+          "rec-04": (-37.7917, -73.0021)}
 
 
 def find_audio(folder: Path) -> list[Path]:
@@ -28,15 +33,18 @@ def find_audio(folder: Path) -> list[Path]:
 
 
 def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None,
-             roster: Path | None = None, out: Any = print, via_uploader: bool = False) -> dict[str, Any]:
-    if out is print:  # bound to the real stdout: the handlers' metrics lines go to a log file meanwhile
-        out = functools.partial(print, file=sys.stdout, flush=True)
+             roster: Path | None = None, out: Any = print, via_uploader: bool = False,
+             progress: bool = True) -> dict[str, Any]:
+    terminal = sys.stdout  # the real stdout: the handlers' metrics lines go to a log file meanwhile
+    if out is print:
+        out = functools.partial(print, file=terminal, flush=True)
     files = find_audio(audio) if audio and audio.is_dir() else []
     if not files:
         where = audio or "(none given)"
         out(f"No recordings found under {where}.\n"
             "Point the demo at a folder of .wav/.flac/.ogg/.mp3 files: `sentinela demo --audio DIR`\n"
-            "(or `make demo AUDIO=DIR`). Labelled folders like ../shared/audio/dev work as they are.")
+            "(or `make demo AUDIO=DIR`). Labelled folders like ../shared/audio/dev work as they are;\n"
+            "without --audio the demo uses ../shared/audio/dev, else the demo pack in demo/audio.")
         return {"clips_uploaded": 0, "clips_processed": 0, "clips_rejected": 0, "detections": {},
                 "alerts": [], "sms": []}
     t0 = time.perf_counter()
@@ -50,16 +58,24 @@ def run_demo(audio: Path | None, json_out: Path | None, card: Path | None = None
         # The router classifies while the uploads go on; the handlers' output goes to the log meanwhile.
         with _stderr_to(log_path):
             stack.start_background()
-            base = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=len(files) // 60 + 1)
+            # One clip a minute, the last a minute ago: the earliest are late uploads, and their texts say so.
+            base = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=len(files) + 1)
             keys: dict[str, Path] = {}
             if via_uploader:
                 keys = _upload_via_uploader(stack, store, files, base, out)
+            else:
+                for device, (lat, lon) in PLACES.items():
+                    # Registered as `sentinela devices add --lat --lon` would; the secret is not needed
+                    # here (these clips go straight to the bucket) and is dropped.
+                    add_device(store, SITE, device, 600, lat, lon)
             for i, f in enumerate([] if via_uploader else files):
                 key, _ = stack.upload(f, SITE, DEVICES[i % len(DEVICES)], base + dt.timedelta(seconds=60 * i),
                                       ext=f.suffix.lower().lstrip("."))
                 keys[key] = f
             out(f"uploaded {len(files)} clips from {audio}; classifying ...")
-            _wait(stack)
+            with progress_bar(total=len(keys), desc="classified", unit="clip", stream=terminal,
+                              enabled=None if progress else False) as bar:
+                _wait(stack, on_tick=lambda: bar.set_done(stack.invocations["classify"]))
             stack.stop_background()
             stack.run_until_idle()
         out(f"(handler metrics and decoder warnings: {log_path})")
@@ -85,7 +101,6 @@ def _upload_via_uploader(stack: LocalStack, store: Store, files: list[Path], bas
     import shutil
     import tempfile
 
-    from .devices import add_device
     from .uploader import Uploader
 
     keys: dict[str, Path] = {}
@@ -101,7 +116,8 @@ def _upload_via_uploader(stack: LocalStack, store: Store, files: list[Path], bas
                 name = (base + dt.timedelta(seconds=60 * i)).strftime("%Y%m%dT%H%M%SZ") + files[i].suffix.lower()
                 shutil.copyfile(files[i], folder / name)
                 originals[name] = files[i]
-            up = Uploader(folder, stack.uploads_url, SITE, device, add_device(store, SITE, device, 600))
+            secret = add_device(store, SITE, device, 600, *PLACES[device])
+            up = Uploader(folder, stack.uploads_url, SITE, device, secret)
             up.scan()
             report = up.run_pass()
             saved += report.bytes_saved
@@ -165,9 +181,11 @@ def _stderr_to(path: Path) -> Iterator[None]:
             os.close(saved)
 
 
-def _wait(stack: LocalStack, timeout_s: float = 3600) -> None:
+def _wait(stack: LocalStack, timeout_s: float = 3600, on_tick: Callable[[], None] | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while stack.pending() and time.monotonic() < deadline:
+        if on_tick:
+            on_tick()
         time.sleep(0.2)
 
 

@@ -35,6 +35,8 @@ class Device:
     status: str
     created_at: str
     revoked_at: str | None = None
+    lat: float | None = None
+    lon: float | None = None
 
     @property
     def active(self) -> bool:
@@ -79,10 +81,20 @@ def check_ids(site_id: str, device_id: str) -> None:
         raise DeviceError(str(exc)) from exc
 
 
-def add_device(store: Store, site_id: str, device_id: str, cadence_s: int = DEFAULT_CADENCE_S) -> str:
+def check_location(lat: float | None, lon: float | None) -> None:
+    if (lat is None) != (lon is None):
+        raise DeviceError("give both --lat and --lon, or neither")
+    if lat is not None and lon is not None and not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        raise DeviceError(f"no such place: lat {lat} (-90..90), lon {lon} (-180..180)")
+
+
+def add_device(store: Store, site_id: str, device_id: str, cadence_s: int = DEFAULT_CADENCE_S,
+               lat: float | None = None, lon: float | None = None) -> str:
     """Register a device (or re-issue a revoked one: same id, new secret) and return its secret, the
-    only time it exists outside the device."""
+    only time it exists outside the device. ``lat``/``lon`` put the alert's map link on the recorder
+    instead of the site's centre."""
     check_ids(site_id, device_id)
+    check_location(lat, lon)
     if cadence_s <= 0:
         raise DeviceError(f"cadence must be a positive number of seconds, got {cadence_s}")
     secret = new_secret()
@@ -91,7 +103,15 @@ def add_device(store: Store, site_id: str, device_id: str, cadence_s: int = DEFA
     if not store.put_device(item):
         raise DeviceError(f"device {device_id} is already active at site {site_id} "
                           f"(`sentinela devices revoke {site_id} {device_id}` first to issue a new secret)")
+    if lat is not None and lon is not None:
+        store.locate_device(site_id, device_id, lat, lon)
     return secret
+
+
+def locate_device(store: Store, site_id: str, device_id: str, lat: float, lon: float) -> None:
+    check_location(lat, lon)
+    if not store.locate_device(site_id, device_id, lat, lon):
+        raise DeviceError(f"no device {device_id} at site {site_id}")
 
 
 def revoke_device(store: Store, site_id: str, device_id: str) -> None:
@@ -102,7 +122,9 @@ def revoke_device(store: Store, site_id: str, device_id: str) -> None:
 def to_device(item: dict[str, Any]) -> Device:
     return Device(site_id=item["site_id"], device_id=item["device_id"], cadence_s=int(item.get("cadence_s", 0)),
                   status=str(item.get("status", "active")), created_at=str(item.get("created_at", "")),
-                  revoked_at=item.get("revoked_at"))
+                  revoked_at=item.get("revoked_at"),
+                  lat=None if item.get("lat") is None else float(item["lat"]),
+                  lon=None if item.get("lon") is None else float(item["lon"]))
 
 
 def list_devices(store: Store, site_id: str | None = None) -> list[Device]:

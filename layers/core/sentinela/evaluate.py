@@ -382,7 +382,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (DatasetError, CardError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run = score_clips(clips, model, batch_size=args.batch)
+    import tempfile
+
+    from .progress import native_stderr_to
+
+    decoder_log = Path(tempfile.gettempdir()) / "sentinela-eval-decoder.log"
+    decoder_log.unlink(missing_ok=True)
+    with native_stderr_to(decoder_log):  # libmpg123 complains on fd 2 about every odd MP3 frame
+        run = score_clips(clips, model, batch_size=args.batch)
+    if decoder_log.exists() and decoder_log.stat().st_size:
+        print(f"(decoder warnings: {decoder_log})", file=sys.stderr)
     if not run.scores:
         print("error: no readable clips to evaluate", file=sys.stderr)
         return 2
@@ -418,10 +427,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.plots:
         for p in write_plots(run.scores, metrics, Path(args.plots), card.id):
             print(f"wrote {p}")
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {args.json_out}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+        from .cli import emit_json
+
+        emit_json(result)
     return 0
 
 
@@ -433,7 +446,8 @@ def register(subparsers: Any) -> None:
                     "confusion matrix, accuracy and background false alarms.",
     )
     e.add_argument("dir", help="folder with <label>/ sub-folders")
-    e.add_argument("--json", help="write the metrics as JSON to this file")
+    e.add_argument("--json", action="store_true", help="print the metrics as JSON to stdout")
+    e.add_argument("--json-out", metavar="PATH", help="also write the metrics as JSON to this file")
     e.add_argument("--plots", help="write confusion_matrix.png and pr_curves.png into this folder")
     e.add_argument("--card", help="model card (default models/card.json)")
     e.add_argument("--operating-point", choices=("balanced", "quiet"), default="balanced",

@@ -43,6 +43,7 @@ ACK_WORDS = {"1", "SI", "VOY", "YES", "Y", "OK"}
 FALSE_WORDS = {"2", "FALSA", "FALSE", "NO"}
 RESOLVE_WORDS = {"3", "FIN", "RESUELTO", "RESOLVED", "DONE"}
 NO_AUDIO_LINK = {"human_voice"}  # privacy: people's voices are never sent out as links
+UNDELIVERED = {"undelivered", "failed"}  # Twilio's final statuses for a text that never reached the phone
 
 
 def utcnow() -> datetime:
@@ -113,6 +114,7 @@ class IncidentService:
                     "outcome": "held", "decision_reason": verdict.reason,
                     "decision_trace": [s.as_dict() for s in verdict.trace], "policy": cp.as_dict()})
                 self.metrics.add_metric("AlertsHeld", "Count", 1)
+                res.outcome = "held"
                 return res
             trace = verdict.trace
             role, incident = self._attach(alert, site, cp, at, trace)
@@ -120,8 +122,10 @@ class IncidentService:
             role, incident = str(link["role"]), self.store.get_incident(str(link["incident_id"]))
             trace = [Step("redelivery", "pass", f"alert already {role} incident {link['incident_id']}")]
         if incident is None:
-            log.warning("incident for %s/%s vanished", alert["clip_id"], alert["threat"])
+            log.warning("incident for %s/%s vanished", alert["clip_id"], alert["threat"],
+                        extra={"clip_id": alert["clip_id"], "threat": alert["threat"]})
             return res
+        res.incident_id, res.outcome = str(incident["incident_id"]), role
         if role == "opened":
             self._send_opening(incident, alert, site, at, res)
         else:
@@ -245,15 +249,17 @@ class IncidentService:
             first = [lead] if lead else []
         if not first:
             self.metrics.add_metric("AlertsWithoutRanger", "Count", 1)
-            log.warning("no on-call ranger for site %s", incident["site_id"])
+            log.warning("no on-call ranger for site %s: nobody texted", incident["site_id"],
+                        extra={"incident_id": incident["incident_id"], "step": "open", "status": "no_ranger"})
             self.store.update_incident(incident["incident_id"], {}, append_trace=[
                 f"{iso(at)} nobody on call at {incident['site_id']}: no SMS; escalation will retry"])
             return
         queue, tried = list(first), {r["ranger_id"] for r in first} | {
             r["ranger_id"] for r in rangers if r.get("number_invalid")}
+        device = self._device(alert.get("site_id"), alert.get("device_id"))
         while queue:
             r = queue.pop(0)
-            body = render_alert(dict(alert), dict(site), r.get("lang", "es"), str(incident["ref"]))
+            body = render_alert(dict(alert), dict(site), r.get("lang", "es"), str(incident["ref"]), device, at)
             status = self._text(incident, r, "open", body, res)
             if status == "sent" and self.presign and alert["threat"] not in NO_AUDIO_LINK:
                 link = self._audio_link(alert)
@@ -268,11 +274,15 @@ class IncidentService:
                     self.store.update_incident(incident["incident_id"], {}, append_trace=[
                         f"{iso(at)} {r['ranger_id']}'s number failed permanently: texting {nxt['ranger_id']} ({why})"])
 
+    def _device(self, site_id: Any, device_id: Any) -> dict[str, Any] | None:
+        """The recorder's registry item (its coordinates place the map link); None when unregistered."""
+        return self.store.get_device(str(site_id), str(device_id)) if site_id and device_id else None
+
     def _audio_link(self, alert: Mapping[str, Any]) -> str | None:
         try:
             return self.presign(alert) if self.presign else None
         except Exception as exc:  # a link is a convenience: the alert goes out without it
-            log.warning("no audio link for %s: %s", alert.get("clip_id"), exc)
+            log.warning("no audio link for %s: %s", alert.get("clip_id"), exc, extra={"clip_id": alert.get("clip_id")})
             return None
 
     def _callback(self, incident_id: str, step: str, ranger_id: str) -> str | None:
@@ -298,7 +308,9 @@ class IncidentService:
             status = "failed_permanent" if exc.permanent else "failed_retry"
             self.store.record_send(pk, rid, step, {"status": status, "error_code": exc.code, "error": str(exc)})
             self.metrics.add_metric("SmsFailed", "Count", 1)
-            log.warning("SMS to %s failed: %s", mask_phone(phone), exc)
+            log.warning("SMS to %s failed: %s", mask_phone(phone), exc,
+                        extra={"incident_id": incident["incident_id"], "step": step, "status": status,
+                               "ranger_id": rid, "error_code": exc.code})
             res.failed.append(rid)
             if exc.permanent:
                 self.store.mark_number_invalid(phone, exc.code, str(exc))
@@ -308,6 +320,8 @@ class IncidentService:
             return status
         self.store.record_send(pk, rid, step, {"status": "sent", "sid": sent.sid})
         self.metrics.add_metric("SmsSent", "Count", 1)
+        log.info("SMS sent", extra={"incident_id": incident["incident_id"], "step": step, "status": "sent",
+                                    "ranger_id": rid})
         res.sent.append(rid)
         return "sent"
 
@@ -377,7 +391,8 @@ class IncidentService:
                     break
                 tried.add(target["ranger_id"])
                 minutes = round((at - parse_time(str(inc["opened_at"]))).total_seconds() / 60)
-                body = render_escalation(inc, site, target.get("lang", "es"), minutes)
+                body = render_escalation(inc, site, target.get("lang", "es"), minutes,
+                                         self._device(inc.get("site_id"), inc.get("device_id")))
                 status = self._text(inc, target, step, body, res)
                 if status in ("sent", "skipped", "failed_retry"):
                     break
@@ -389,6 +404,10 @@ class IncidentService:
                 self.store.update_incident(iid, {"escalation": "exhausted"}, remove=("gsi1pk", "gsi1sk"),
                                            expect={"state": "open", "escalation_level": level},
                                            append_trace=[f"{iso(at)} escalation: nobody left to text"])
+                # Nobody acknowledged and nobody is left to text: ops must hear of it (an alarm).
+                self.metrics.add_metric("EscalationExhausted", "Count", 1)
+                log.warning("escalation exhausted: nobody left to text", extra={
+                    "incident_id": iid, "step": step, "status": "exhausted", "threat": inc.get("threat")})
                 out.exhausted.append(iid)
                 continue
             due = iso(at + timedelta(seconds=cp.escalation_delay_s))
@@ -398,6 +417,8 @@ class IncidentService:
                 append_trace=[f"{iso(at)} escalated ({step}) to {target['ranger_id']} ({why}): "
                               f"no acknowledgement {cp.escalation_delay_s:g} s after the last text"])
             self.metrics.add_metric("IncidentsEscalated", "Count", 1)
+            log.info("escalated", extra={"incident_id": iid, "step": step, "status": status,
+                                         "ranger_id": target["ranger_id"], "threat": inc.get("threat")})
             out.escalated.append(iid)
         return out
 
@@ -467,4 +488,10 @@ class IncidentService:
         if params.get("ErrorCode"):
             fields["delivery_error_code"] = params["ErrorCode"]
         self.store.record_send(f"INC#{iid}", rid, step, fields)
+        if status in UNDELIVERED:
+            # Twilio accepted the text but the phone never got it: the send looked fine, so only this
+            # callback can tell ops (an alarm on SmsUndelivered).
+            self.metrics.add_metric("SmsUndelivered", "Count", 1)
+            log.warning("SMS undelivered", extra={"incident_id": iid, "step": step, "status": status,
+                                                  "ranger_id": rid, "error_code": params.get("ErrorCode")})
         return True

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +90,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     table_name = args.table or _stack_output(args.stack, "DataTableName")
     result = export(boto3.resource("dynamodb").Table(table_name), boto3.client("s3"), Path(args.out))
     if args.json:
-        print(json.dumps(result, indent=2))
+        from .cli import emit_json
+
+        emit_json(result)
     else:
         print(f"exported {result['clips']} labelled clip(s) to {result['out']}: "
               + (", ".join(f"{k} {v}" for k, v in sorted(result["per_label"].items())) or "none"))

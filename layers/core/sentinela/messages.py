@@ -24,11 +24,18 @@ THREAT_WORDS = {
 }
 
 TEMPLATES = {
-    "es": ("SENTINELA {ref}: {threat} {conf}% en {site}, {time} hora local. {map}"
+    "es": ("SENTINELA {ref}: {threat} {conf}% en {site}, {device}{time} hora local{age}. {map}"
            "Responda 1=voy 2=falsa alarma"),
-    "en": ("SENTINELA {ref}: {threat} {conf}% at {site}, {time} local time. {map}"
+    "en": ("SENTINELA {ref}: {threat} {conf}% at {site}, {device}{time} local time{age}. {map}"
            "Reply 1=on my way 2=false alarm"),
 }
+# The recorder that heard it (a ranger knows their recorders by name), and how old the sound is when
+# the clip reached us late (a recorder that was offline uploads its backlog): past LATE_AFTER_S the
+# text says so, because a ranger walks to where a poacher was, not is.
+DEVICE_WORDS = {"es": "grabadora {id}, ", "en": "recorder {id}, "}
+AGE_WORDS = {"es": " (grabado hace {age})", "en": " (recorded {age} ago)"}
+LATE_AFTER_S = 600
+DEVICE_ID_CHARS = 20
 
 _FOLD = str.maketrans({"á": "a", "í": "i", "ó": "o", "ú": "u", "Á": "A", "Í": "I", "Ó": "O", "Ú": "U"})
 
@@ -48,26 +55,60 @@ def local_time(iso_utc: str, tz: str | None) -> str:
     return when.astimezone(zone).strftime("%d/%m %H:%M")
 
 
-def map_link(site: dict[str, Any] | None) -> str:
-    if not site or site.get("lat") is None or site.get("lon") is None:
+def map_link(site: dict[str, Any] | None, device: dict[str, Any] | None = None) -> str:
+    """The recorder's point when the registry knows it (``sentinela devices add --lat --lon``), else
+    the site's centre."""
+    for place in (device, site):
+        if place and place.get("lat") is not None and place.get("lon") is not None:
+            return f"https://maps.google.com/?q={float(place['lat']):.5f},{float(place['lon']):.5f} "
+    return ""
+
+
+def device_words(device_id: Any, lang: str) -> str:
+    return DEVICE_WORDS[_lang(lang)].format(id=gsm_safe(str(device_id))[:DEVICE_ID_CHARS]) if device_id else ""
+
+
+def age_words(recorded_at: str | None, now: datetime | None, lang: str) -> str:
+    """' (recorded 25 min ago)' when the sound is more than LATE_AFTER_S old at ``now``, else ''."""
+    if not recorded_at or now is None:
         return ""
-    return f"https://maps.google.com/?q={float(site['lat']):.5f},{float(site['lon']):.5f} "
+    try:
+        when = datetime.strptime(str(recorded_at)[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return ""
+    age_s = (now - when).total_seconds()
+    if age_s <= LATE_AFTER_S:
+        return ""
+    minutes = round(age_s / 60)
+    if minutes < 120:
+        span = f"{minutes} min"
+    elif minutes < 48 * 60:
+        span = f"{round(minutes / 60)} h"
+    else:
+        span = f"{round(minutes / 1440)} d"
+    return AGE_WORDS[_lang(lang)].format(age=span)
 
 
-def render_alert(alert: dict[str, Any], site: dict[str, Any] | None, lang: str, ref: str) -> str:
+def render_alert(alert: dict[str, Any], site: dict[str, Any] | None, lang: str, ref: str,
+                 device: dict[str, Any] | None = None, now: datetime | None = None) -> str:
+    """The opening text. ``device`` is the recorder's registry item (its lat/lon, when set, place the
+    map link); ``now`` is when the text goes out (a sound older than LATE_AFTER_S says how old)."""
     lang = lang if lang in LANGS else "es"
     site_name = (site or {}).get("name") or alert.get("site_id") or "?"
+    link = map_link(site, device)
     text = TEMPLATES[lang].format(
         ref=ref,
         threat=THREAT_WORDS[lang].get(alert["threat"], str(alert["threat"]).upper()),
         conf=round(float(alert["confidence"]) * 100),
         site=gsm_safe(str(site_name))[:40],
+        device=device_words(alert.get("device_id"), lang),
         time=local_time(alert["recorded_at"], (site or {}).get("tz")) if alert.get("recorded_at") else "?",
-        map=map_link(site),
+        age=age_words(alert.get("recorded_at"), now, lang),
+        map=link,
     )
     seg = segments(text)
-    if seg.segments > 2:  # a very long site name: drop the map link before anything a ranger needs
-        text = text.replace(map_link(site), "")
+    if seg.segments > 2 and link:  # a very long site name: drop the map link before anything a ranger needs
+        text = text.replace(link, "")
     return text
 
 
@@ -125,9 +166,10 @@ def _lang(lang: str) -> str:
     return lang if lang in LANGS else "es"
 
 
-def _fit(text: str, site: dict[str, Any] | None) -> str:
-    if segments(text).segments > 2:  # a very long site name: the map link goes first
-        text = text.replace(map_link(site), "")
+def _fit(text: str, site: dict[str, Any] | None, device: dict[str, Any] | None = None) -> str:
+    link = map_link(site, device)
+    if segments(text).segments > 2 and link:  # a very long site name: the map link goes first
+        text = text.replace(link, "")
     return text
 
 
@@ -145,7 +187,8 @@ def render_update(incident: dict[str, Any], alert: dict[str, Any], site: dict[st
     return _fit(text, site)
 
 
-def render_escalation(incident: dict[str, Any], site: dict[str, Any] | None, lang: str, minutes: int) -> str:
+def render_escalation(incident: dict[str, Any], site: dict[str, Any] | None, lang: str, minutes: int,
+                      device: dict[str, Any] | None = None) -> str:
     lang = _lang(lang)
     name = (site or {}).get("name") or incident.get("site_id") or "?"
     text = ESCALATION_TEMPLATES[lang].format(
@@ -154,9 +197,9 @@ def render_escalation(incident: dict[str, Any], site: dict[str, Any] | None, lan
         conf=round(float(incident.get("max_confidence", incident.get("confidence", 0))) * 100),
         site=gsm_safe(str(name))[:40],
         time=local_time(str(incident["first_heard"])[:19] + "Z", (site or {}).get("tz")),
-        map=map_link(site),
+        map=map_link(site, device),
     )
-    return _fit(text, site)
+    return _fit(text, site, device)
 
 
 def render_reply(kind: str, lang: str, ref: str = "", name: str = "") -> str:

@@ -27,6 +27,8 @@ class NotifyResult:
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     retry: bool = False  # a failure that may succeed later: the stream record is retried
+    incident_id: str | None = None  # the incident the alert opened or joined (for the handler's log line)
+    outcome: str | None = None  # opened | joined | held
 
 
 class NotifyService:

@@ -300,7 +300,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def print_replay(results: list[Replayed], as_json: bool = False) -> None:
     if as_json:
-        print(json.dumps([asdict(r) for r in results], indent=2))
+        from .cli import emit_json
+
+        emit_json([asdict(r) for r in results])
         return
     for r in results:
         print(f"{r.status:8} {r.queue} {r.message_id}: {r.what}"
@@ -323,7 +325,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         return _err(f"stack {args.stack} has no output(s) {', '.join(missing)}")
     rep = status_report(Store(outs["DataTableName"]), boto3.client("sqs"),
                         {"ClassifyDLQ": outs["ClassifyDLQUrl"], "NotifyDLQ": outs["NotifyDLQUrl"]})
-    print(json.dumps(rep, indent=2, default=str) if args.json else render_status(rep))
+    if args.json:
+        from .cli import emit_json
+
+        emit_json(rep)
+    else:
+        print(render_status(rep))
     return 0
 
 

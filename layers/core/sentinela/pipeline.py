@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from .audio import AudioError
 from .classify import classify_source
 from .keys import BadKey, decode_event_key, parse_key
-from .metrics import MetricSink, NullMetrics
+from .metrics import MetricSink, NullMetrics, add_dimensioned_metric
 from .model import Model
 from .store import ClipRef, Store, clip_id_for, now_iso
 
@@ -80,10 +80,10 @@ class ClassifyService:
             except AudioError as exc:
                 return self._reject(ref, exc.reason)
         card = self.model.card
-        n = self.store.write_detections(clip_id, out.result.detections, card.id)
+        n = self.store.write_detections(clip_id, out.result.detections, card.model_id)
         alerts = []
         for decision in out.result.alerts:
-            self.store.put_alert(ref, decision, card.id, out.info.duration_s)
+            self.store.put_alert(ref, decision, card.model_id, out.info.duration_s)
             alerts.append(decision.threat)
             self.metrics.add_metric(f"Alerts_{decision.threat}", "Count", 1)
         decisions = [{"threat": d.threat, "alert": d.alert, "confidence": d.confidence,
@@ -95,7 +95,7 @@ class ClassifyService:
         self.store.mark_processed(ref, {
             "duration_s": out.info.duration_s, "sample_rate": out.info.sample_rate,
             "channels": out.info.channels, "format": out.info.format, "subtype": out.info.subtype,
-            "model_id": card.id, "windows": out.result.windows, "detections": n,
+            "model_id": card.model_id, "windows": out.result.windows, "detections": n,
             "threat_detections": sum(1 for d in out.result.detections if d.threat),
             "max_scores": out.result.max_scores, "alerts": alerts, "flags": notes,
             "decisions": decisions,
@@ -106,6 +106,8 @@ class ClassifyService:
         for flag in quality:
             self.metrics.add_metric(f"ClipQuality_{flag}", "Count", 1)
         self.metrics.add_metric("ClipsProcessed", "Count", 1)
+        # Which model (base + head) is deciding now: the dashboard's "model in use" widget.
+        add_dimensioned_metric(self.metrics, "ClipsByModel", "Count", 1, {"model_id": card.model_id})
         self.metrics.add_metric("AudioSeconds", "Seconds", out.info.duration_s)
         self.metrics.add_metric("ProcessingLatency", "Milliseconds", (time.perf_counter() - t0) * 1000)
         for d in out.result.detections:

@@ -167,6 +167,12 @@ class Store:
     def rangers(self, site_id: str) -> list[dict[str, Any]]:
         return sorted(self._query_pk(f"SITE#{site_id}", "RANGER#"), key=lambda r: (r.get("order", 99), r["ranger_id"]))
 
+    def delete_ranger(self, site_id: str, ranger_id: str) -> bool:
+        """Take a ranger off a site's roster; False when they were not on it. Their SMS records stay
+        (the incidents' history keeps who was texted)."""
+        return conditional(self.table.delete_item, Key={"pk": f"SITE#{site_id}", "sk": f"RANGER#{ranger_id}"},
+                           ConditionExpression="attribute_exists(pk)")
+
     # --- messages -----------------------------------------------------------------------------
     def claim_send(self, pk: str, ranger_id: str, step: str, record: Mapping[str, Any]) -> bool:
         """Claim the right to text ``ranger_id`` for (alert|incident ``pk``, ``step``). False when a send
@@ -231,6 +237,17 @@ class Store:
             ConditionExpression="attribute_exists(pk)",
             ExpressionAttributeNames={"#s": "status"},
             ExpressionAttributeValues={":revoked": "revoked", ":at": at},
+        )
+
+    def locate_device(self, site_id: str, device_id: str, lat: float, lon: float) -> bool:
+        """Set where a recorder is (the alert's map link); False when there is no such device."""
+        return conditional(
+            self.table.update_item,
+            Key={"pk": f"SITE#{site_id}", "sk": f"DEVICE#{device_id}"},
+            UpdateExpression="SET lat = :lat, lon = :lon",
+            ConditionExpression="attribute_exists(pk)",
+            # Six decimals (~0.1 m), not to_ddb's four (~11 m): a ranger walks to this point.
+            ExpressionAttributeValues={":lat": Decimal(f"{lat:.6f}"), ":lon": Decimal(f"{lon:.6f}")},
         )
 
     def list_devices(self, site_id: str | None = None) -> list[dict[str, Any]]:

@@ -72,12 +72,21 @@ def run_training(args: argparse.Namespace) -> int:
     recipes = {"committed": COMMITTED, **(variants() if args.variants else {})}
     bandlimit = any(r.bandlimit for r in recipes.values())
     log(f"{len(clips)} clips in {len(args.dirs)} folder(s)")
-    data, skipped = embed_all(model, [(f, c) for f, c in clips], cache, bandlimit)
+    import tempfile
+
+    from ..progress import native_stderr_to
+
+    decoder_log = Path(tempfile.gettempdir()) / "sentinela-train-decoder.log"
+    decoder_log.unlink(missing_ok=True)
+    with native_stderr_to(decoder_log):  # libmpg123 complains on fd 2 about every odd MP3 frame
+        data, skipped = embed_all(model, list(clips), cache, bandlimit)
+        mix_n = max((r.mixes_per_clip for r in recipes.values()), default=0)
+        mixes = build_mixes(model, data, HEAD_CLASSES, cache, mix_n, (0.0, 20.0), SEED) if mix_n and data else None
+    if decoder_log.exists() and decoder_log.stat().st_size:
+        log(f"(decoder warnings: {decoder_log})")
     present = {e.label for e in data}
     if BACKGROUND not in present or len(present) < 2:
         return _err(f"need readable background clips and at least one threat class; have {sorted(present)}")
-    mix_n = max((r.mixes_per_clip for r in recipes.values()), default=0)
-    mixes = build_mixes(model, data, HEAD_CLASSES, cache, mix_n, (0.0, 20.0), SEED) if mix_n else None
     # One BLAS thread: reproducible reductions, and on a shared 2-core machine no slower. scipy's BLAS is
     # loaded first: threadpoolctl limits only the libraries already loaded.
     import scipy.optimize  # noqa: F401
@@ -170,7 +179,9 @@ def run_training(args: argparse.Namespace) -> int:
                                for k, v in (("committed", c), ("baseline", b))},
               "skipped": skipped}
     if args.json:
-        print(json.dumps(result, indent=2))
+        from ..cli import emit_json
+
+        emit_json(result)
         return 0
     print(f"wrote {out} ({len(blob)} bytes, sha256 {report['head']['sha256'][:16]}), "
           f"{out.parent / 'TRAINING_REPORT.md'}, updated {card_path} ({time.perf_counter() - t0:.0f} s)")

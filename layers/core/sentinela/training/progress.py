@@ -1,10 +1,12 @@
-"""Progress with an ETA on stderr: a tqdm bar on a terminal, a line every so often otherwise (CI logs)."""
+"""Progress of a training stage with an ETA on stderr: the tools' tqdm bar on a terminal
+(``sentinela.progress``), a line every so often otherwise, so that CI logs show where a run is."""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+
+from ..progress import progress
 
 
 class Progress:
@@ -12,34 +14,24 @@ class Progress:
         self.total, self.what, self.every_s = max(0, total), what, every_s
         self.n = 0
         self.t0 = self._last = time.perf_counter()
-        self._bar: Any = None
-        if sys.stderr.isatty() and total > 0:
-            try:
-                from tqdm import tqdm
-            except ImportError:  # the tools' extra brings tqdm; without it, lines as in CI
-                tqdm = None
-            if tqdm is not None:
-                self._bar = tqdm(total=total, desc=what, unit="", file=sys.stderr, leave=False)
+        self._tty = sys.stderr.isatty()
+        self._bar = progress(total=self.total, desc=what, unit="")
 
     def step(self, n: int = 1) -> None:
         self.n += n
-        if self._bar is not None:
-            self._bar.update(n)
-            return
+        self._bar.update(n)
         now = time.perf_counter()
-        if now - self._last >= self.every_s and self.n < self.total:
+        if not self._tty and now - self._last >= self.every_s and self.n < self.total:
             self._last = now
             rate = self.n / max(now - self.t0, 1e-9)
             eta = (self.total - self.n) / rate if rate > 0 else float("inf")
-            print(f"{self.what}: {self.n}/{self.total}, {now - self.t0:.0f} s, ETA {eta:.0f} s",
-                  file=sys.stderr, flush=True)
+            log(f"{self.what}: {self.n}/{self.total}, {now - self.t0:.0f} s, ETA {eta:.0f} s")
 
     def close(self) -> float:
         """Seconds since the start; says once that the stage is done."""
+        self._bar.close()
         took = time.perf_counter() - self.t0
-        if self._bar is not None:
-            self._bar.close()
-        print(f"{self.what}: {self.n}/{self.total} done in {took:.0f} s", file=sys.stderr, flush=True)
+        log(f"{self.what}: {self.n}/{self.total} done in {took:.0f} s")
         return took
 
 
