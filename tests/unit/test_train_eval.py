@@ -291,6 +291,21 @@ def test_baseline_is_scikit_learns_plain_regression_and_the_head_exports_exactly
     for r in (BASELINE, COMMITTED):
         h = fit_head(data, list(range(36)), None, r)
         assert check_onnx(head_onnx_bytes(h), h, x) < 1e-5
+    # blended with base-model rows: still one small graph computing exactly what training measured
+    from dataclasses import replace
+
+    from sentinela.training.fit import Blend, blend_scores
+
+    bw, bb = rng.standard_normal((16, 5)), rng.standard_normal(5)
+    a = np.array([1.0, 0.75, 0.5, 0.25, 0.0])
+    blended = replace(head, blend=Blend(a, bw, bb))
+    p = blended.predict(x)
+    np.testing.assert_array_equal(p[:, 5], head.predict(x)[:, 5])  # background untouched
+    np.testing.assert_allclose(p[:, 0], head.predict(x)[:, 0], atol=1e-6)  # a = 1: the head alone
+    z = np.clip(x.astype(np.float64) @ bw + bb, -15, 15)
+    np.testing.assert_allclose(p[:, 4], 1 / (1 + np.exp(-z[:, 4])), atol=1e-6)  # a = 0: the base label alone
+    np.testing.assert_allclose(p[:, :5], blend_scores(head.predict(x), z, a), atol=1e-6)
+    assert check_onnx(head_onnx_bytes(blended), blended, x) < 1e-5
 
 
 def test_card_refuses_a_quiet_threshold_below_the_alert_threshold(tmp_path: Path) -> None:

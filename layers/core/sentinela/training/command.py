@@ -8,6 +8,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from . import crosssource
 from .data import load_folders
 from .embed import TrainError, build_mixes, embed_all, embedding_model, model_key
 from .export import check_onnx, head_onnx_bytes, update_card
-from .fit import HEAD_CLASSES, Prior, base_rows, fit_head
+from .fit import HEAD_CLASSES, Blend, Prior, base_rows, fit_head
 from .progress import log
 from .recipe import BASELINE, COMMITTED, NON_BIRD_LOGITS, Recipe, variants
 from .report import background_alerting, findings, render, render_variants, summary
@@ -102,24 +103,31 @@ def run_training(args: argparse.Namespace) -> int:
         cols = [all_rows.labels.index(lab) for lab in r.logit_labels]
         return Prior(r.logit_labels, all_rows.w[:, cols], all_rows.b[cols])
 
+    blend_rows = base_rows(card, [card.threats[c].model_labels[0] for c in THREAT_CLASSES
+                                  if c in card.threats and card.threats[c].model_labels])
+    if blend_rows is not None and len(blend_rows.labels) != len(THREAT_CLASSES):
+        blend_rows = None
     if COMMITTED.logit_labels and all_rows is None:
         log("the base model's logits are not a dense layer on its embedding: the head uses the embedding alone")
     with threadpool_limits(limits=1):
         rows: dict[str, crosssource.CrossSource] = {}
         rows["committed"] = crosssource.run(data, mixes, COMMITTED, "cross-source: committed recipe",
-                                            prior_for(COMMITTED))
+                                            prior_for(COMMITTED), blend_rows)
         rows["baseline"] = crosssource.run(data, mixes, BASELINE, "cross-source: baseline")
         zs = crosssource.zero_shot(data)
         extra: dict[str, crosssource.CrossSource] = {}
         if args.variants:
             for name, r in recipes.items():
                 if name != "committed":
-                    extra[name] = crosssource.run(data, mixes, r, f"cross-source: {name}", prior_for(r))
+                    extra[name] = crosssource.run(data, mixes, r, f"cross-source: {name}", prior_for(r), blend_rows)
         com = rows["committed"]
         thr = choose_thresholds(com.oof, labels)
         qthr = quiet_thresholds(com.oof, labels, thr)
         stats: dict[str, Any] = {}
         head = fit_head(data, list(range(len(data))), mixes, COMMITTED, stats, prior_for(COMMITTED))
+        if com.blend is not None and blend_rows is not None:
+            a = np.array([com.blend[c] for c in THREAT_CLASSES])
+            head = replace(head, blend=Blend(a, blend_rows.w, blend_rows.b))
     blob = head_onnx_bytes(head)
     diff = check_onnx(blob, head, np.concatenate([e.emb for e in data]))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -146,7 +154,8 @@ def run_training(args: argparse.Namespace) -> int:
         "base_model": {"id": card.id, "key": model_key(card)},
         "head": {"path": out.name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(),
                  "classes": list(HEAD_CLASSES), "graph": head.describe(), "onnx_max_abs_diff": diff,
-                 "kind": "A multinomial logistic regression" if head.softmax else "One-vs-rest logistic regressions",
+                 "kind": ("A multinomial logistic regression" if head.softmax else "One-vs-rest logistic regressions")
+                 + (", blended per class with BirdNET's own label," if head.blend is not None else ""),
                  "final_fit": stats},
         "recipe": json.dumps(COMMITTED.describe()),
         "thresholds": thr,
@@ -155,6 +164,9 @@ def run_training(args: argparse.Namespace) -> int:
         "quiet_operating_points": _operating(com.oof, labels, qthr),
         "cross_source": cs_rows,
         "background_alerting": background_alerting(com, files, labels),
+        "blend": None if com.blend is None else {
+            "head_share": com.blend, "base_labels": None if blend_rows is None else list(blend_rows.labels),
+            "held_out_choices": com.blend_range},
         "variants_file": VARIANTS_FILE if (args.variants or (out.parent / VARIANTS_FILE).is_file()) else None,
         "clip_sources": {e.clip.rel: [e.source, e.clip.group] for e in data},
     }

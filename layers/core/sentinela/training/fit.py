@@ -18,14 +18,46 @@ from .recipe import Recipe
 HEAD_CLASSES: tuple[str, ...] = (*THREAT_CLASSES, BACKGROUND)
 
 
+BLEND_GRID = (1.0, 0.75, 0.5, 0.25, 0.0)  # the head's share of each threat class's log-odds
+LOGIT_CLIP = 15.0  # the base model's logits are clipped here in classify (model.py), so here too
+P_CLIP = 1e-7
+
+
+@dataclass(frozen=True)
+class Blend:
+    """Per threat class, the head's log-odds mixed with the base model's own label logit:
+    ``score = sigmoid(a * logit(p_head) + (1 - a) * clip(x @ w + b))``; a = 1 is the head alone."""
+
+    a: np.ndarray  # float64 [threats]
+    w: np.ndarray  # float64 [d, threats] the base model's rows for each class's label
+    b: np.ndarray  # float64 [threats]
+
+    def base_logits(self, x: np.ndarray) -> np.ndarray:
+        return base_logits(x, self.w, self.b)
+
+
+def base_logits(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.asarray(np.clip(np.asarray(x, np.float64) @ w + b, -LOGIT_CLIP, LOGIT_CLIP), dtype=np.float64)
+
+
+def blend_scores(p: np.ndarray, z: np.ndarray, a: np.ndarray) -> np.ndarray:
+    """Blended threat scores [n, threats] from head probabilities [n, >= threats] and base logits [n, threats]."""
+    k = len(THREAT_CLASSES)
+    pc = np.clip(np.asarray(p[:, :k], np.float64), P_CLIP, 1 - P_CLIP)
+    mix = a * (np.log(pc) - np.log1p(-pc)) + (1 - a) * z
+    return np.asarray(1.0 / (1.0 + np.exp(-mix)), dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class Head:
-    """probabilities = act(x @ w + b); act = softmax over the columns, or a sigmoid per column."""
+    """probabilities = act(x @ w + b); act = softmax over the columns, or a sigmoid per column; with a
+    blend, each threat column is then mixed with the base model's own label logit (``Blend``)."""
 
     w: np.ndarray  # float64 [d, k] with the standardisation folded in
     b: np.ndarray  # float64 [k]
     softmax: bool
     classes: tuple[str, ...] = HEAD_CLASSES
+    blend: Blend | None = None
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(np.asarray(x, np.float64) @ self.w + self.b, dtype=np.float64)
@@ -35,11 +67,19 @@ class Head:
         if self.softmax:
             z = z - z.max(axis=1, keepdims=True)
             e = np.exp(z)
-            return np.asarray(e / e.sum(axis=1, keepdims=True), dtype=np.float32)
-        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))), dtype=np.float32)
+            p = e / e.sum(axis=1, keepdims=True)
+        else:
+            p = 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+        if self.blend is not None:
+            p = p.copy()
+            p[:, : len(THREAT_CLASSES)] = blend_scores(p, self.blend.base_logits(x), self.blend.a)
+        return np.asarray(p, dtype=np.float32)
 
     def describe(self) -> str:
-        return (f"embedding[batch,{self.w.shape[0]}] -> MatMul -> Add -> {'Softmax' if self.softmax else 'Sigmoid'}"
+        act = "Softmax" if self.softmax else "Sigmoid"
+        tail = (" -> threat columns: Sigmoid(a x logit(p) + (1 - a) x Clip(embedding @ base rows))"
+                if self.blend is not None else "")
+        return (f"embedding[batch,{self.w.shape[0]}] -> MatMul -> Add -> {act}{tail}"
                 f" -> probabilities[batch,{self.w.shape[1]}]")
 
 
@@ -243,6 +283,23 @@ def fit_head(data: Sequence[Embedded], idx: Sequence[int], mixes: Mixes | None, 
     elif stats is not None:
         stats.update({"rows": len(rows.y)})
     return Head(*feats.fold(coef, icpt), softmax=r.softmax)
+
+
+def window_probs(head: Head, data: Sequence[Embedded], idx: Sequence[int]) -> list[np.ndarray]:
+    """Each clip's window probabilities [m, k] over its windows with signal (the others score 0)."""
+    return [head.predict(data[i].emb[data[i].signal]) for i in idx]
+
+
+def clip_matrix(win: Sequence[np.ndarray], zwin: Sequence[np.ndarray] | None, a: np.ndarray | None) -> np.ndarray:
+    """Clip scores [clips, threats] (the highest window score) from window probabilities, blended with the
+    base logits ``zwin`` by ``a`` when given."""
+    k = len(THREAT_CLASSES)
+    out = np.zeros((len(win), k))
+    for n, p in enumerate(win):
+        if len(p):
+            s = p[:, :k] if a is None or zwin is None else blend_scores(p, zwin[n], a)
+            out[n] = s.max(axis=0)
+    return out
 
 
 def clip_scores(head: Head, data: Sequence[Embedded], idx: Sequence[int]) -> np.ndarray:

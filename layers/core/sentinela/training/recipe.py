@@ -33,6 +33,9 @@ class Recipe:
     # at this scale after standardising: BirdNET has heard far more engines and chainsaws than this set.
     logit_labels: tuple[str, ...] = ()
     logit_scale: float = 10.0
+    # Per threat class, mix the head's log-odds with the base model's own label logit, the share chosen on
+    # the cross-source scores (fit.BLEND_GRID; honest figures choose it without the held-out source).
+    base_blend: bool = False
     hard_neg: float = 1.0  # weight multiplier of the background windows the first fit finds most threat-like
     hard_frac: float = 0.05
 
@@ -51,16 +54,19 @@ THREAT_LOGITS = ("Gun_Gun", "Power tools_Power tools", "Engine_Engine", "Human v
 NON_BIRD_LOGITS = (*THREAT_LOGITS, "Siren_Siren", "Fireworks_Fireworks", "Human non-vocal_Human non-vocal")
 
 # What the cross-source figures chose (TRAINING_VARIANTS.md): a strongly regularised multinomial regression
-# whose cheapest features are BirdNET's own non-bird logits, each clip and source weighed fairly. What did
-# not help across sources: MIL, band-limited copies, mixes, hard negatives, one-vs-rest sigmoids.
+# whose cheapest features are BirdNET's own non-bird logits, each clip and source weighed fairly, then per
+# class blended with BirdNET's own label where that ranks the class better on sources never fitted. What
+# did not help across sources: MIL, band-limited copies, mixes, hard negatives, one-vs-rest sigmoids.
 COMMITTED = Recipe(name="committed", c=COMMITTED_C, softmax=True, clip_weight=True, source_power=0.5,
-                   class_balance=True, mil=False, bandlimit=False, logit_labels=NON_BIRD_LOGITS, logit_scale=10.0)
+                   class_balance=True, mil=False, bandlimit=False, logit_labels=NON_BIRD_LOGITS, logit_scale=10.0,
+                   base_blend=True)
 
 
 def variants() -> dict[str, Recipe]:
     """The recipes ``--variants`` measures beside the committed one: each differs in one choice."""
     c = COMMITTED
     out = {
+        "no blend with BirdNET's own labels": replace(c, base_blend=False),
         "no BirdNET logits as features": replace(c, logit_labels=()),
         "BirdNET's five threat-label logits only": replace(c, logit_labels=THREAT_LOGITS),
         f"C x 10 ({c.c * 10:g})": replace(c, c=c.c * 10),

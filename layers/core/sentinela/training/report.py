@@ -115,6 +115,12 @@ def render(rep: Mapping[str, Any]) -> str:
         f"`{rep['head']['graph']}`, columns {', '.join(rep['head']['classes'])}; "
         f"|ONNX - numpy| <= {rep['head']['onnx_max_abs_diff']:.1e}",
         f"- recipe: `{rep['recipe']}`",
+        *([f"- blend with BirdNET's own label (`{', '.join(rep['blend']['base_labels'] or [])}`), the head's share of "
+           "each class's log-odds, chosen by cross-source ROC AUC over " + ", ".join(
+               f"{c} {a:g}" for c, a in rep["blend"]["head_share"].items())
+           + "; each held-out source's own choice ranged over " + ", ".join(
+               f"{c} {'/'.join(f'{v:g}' for v in r)}" for c, r in rep["blend"]["held_out_choices"].items())]
+          if rep.get("blend") else []),
         f"- evaluation: {com['scheme']} ({len(com['per_source'])} held-out units), then folder to folder",
         "",
         "## Reproduce",
@@ -253,21 +259,14 @@ def render_variants(rep: Mapping[str, Any], rows: Mapping[str, Mapping[str, Any]
 
 
 def background_alerting(cs: CrossSource, files: Sequence[str], labels: Sequence[str]) -> list[dict[str, Any]]:
-    """Background clips that alert at the honest thresholds (recomputed per held-out unit)."""
-    import numpy as np
-
-    from .thresholds import choose_thresholds
-
+    """Background clips that alert as the honest figures judged them (each held-out unit's own thresholds)."""
+    scores = cs.honest_scores if cs.honest_scores is not None else cs.oof
     out = []
-    lab = np.asarray(labels)
-    units = np.asarray(cs.fold_of)
-    for u in sorted(set(cs.fold_of)):
-        thr = choose_thresholds(cs.oof[units != u], list(lab[units != u]))
-        for i in (int(v) for v in np.flatnonzero(units == u)):
-            if labels[i] != BACKGROUND:
-                continue
-            hits = [c for j, c in enumerate(THREAT_CLASSES) if cs.oof[i, j] >= thr[c]]
-            if hits:
-                out.append({"file": files[i], "classes": hits,
-                            "score": float(max(cs.oof[i, THREAT_CLASSES.index(c)] for c in hits))})
+    for i, thr in enumerate(cs.honest_thresholds):
+        if labels[i] != BACKGROUND:
+            continue
+        hits = [c for j, c in enumerate(THREAT_CLASSES) if scores[i, j] >= thr[c]]
+        if hits:
+            out.append({"file": files[i], "classes": hits,
+                        "score": float(max(scores[i, THREAT_CLASSES.index(c)] for c in hits))})
     return sorted(out, key=lambda x: x["file"])
