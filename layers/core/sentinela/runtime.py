@@ -60,14 +60,10 @@ def classify_service(metrics: MetricSink | None = None) -> ClassifyService:
 
 @functools.cache
 def _gateway() -> SmsGateway:
-    from aws_lambda_powertools.utilities import parameters
-
     from .sms import SmsGateway
 
     s = settings()
-    if not s.twilio_secret:
-        raise RuntimeError("TWILIO_SECRET_ARN is not set")
-    secret: Any = parameters.get_secret(s.twilio_secret, transform="json", max_age=300)
+    secret = twilio_secret()
     from_number = s.sms_from or secret.get("from_number")
     if not from_number:
         raise RuntimeError("no sender number: set SMS_FROM_NUMBER or from_number in the Twilio secret")
@@ -117,15 +113,33 @@ def incident_service(metrics: MetricSink | None = None) -> IncidentService:
     return IncidentService(store(), notifier._send, metrics=metrics, status_callback=opts["status_callback"])
 
 
-def twilio_auth_token() -> str:
-    """For X-Twilio-Signature: the auth token from the Twilio secret (cached by Powertools)."""
+class TwilioSecretError(RuntimeError):
+    """The Twilio secret is missing, unreadable or has no auth token: a deployment problem ops must fix.
+    Webhooks are refused (never accepted unchecked) until it is."""
+
+
+def twilio_secret() -> dict[str, Any]:
+    """The Twilio secret (cached by Powertools for 5 minutes). Refuses one without an auth token: with an
+    empty token, a signature computed with an empty key would validate, i.e. anyone could sign."""
     from aws_lambda_powertools.utilities import parameters
 
     s = settings()
     if not s.twilio_secret:
-        raise RuntimeError("TWILIO_SECRET_ARN is not set")
-    secret: Any = parameters.get_secret(s.twilio_secret, transform="json", max_age=300)
-    return str(secret["auth_token"])
+        raise TwilioSecretError("TWILIO_SECRET_ARN is not set")
+    try:
+        secret: Any = parameters.get_secret(s.twilio_secret, transform="json", max_age=300)
+    except Exception as exc:  # unreadable or not JSON: the same fix (put a valid secret value)
+        raise TwilioSecretError(f"the Twilio secret could not be read: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(secret, dict) or not isinstance(secret.get("auth_token"), str) \
+            or not secret["auth_token"].strip():
+        raise TwilioSecretError("the Twilio secret has no auth_token (missing or empty): set it with "
+                                "`aws secretsmanager put-secret-value` (README, Deploying)")
+    return secret
+
+
+def twilio_auth_token() -> str:
+    """For X-Twilio-Signature: the auth token from the Twilio secret; :class:`TwilioSecretError` if none."""
+    return str(twilio_secret()["auth_token"])
 
 
 # --- presign (recorder uploads) -----------------------------------------------------------------

@@ -505,6 +505,32 @@ class Store:
                                ConditionExpression="attribute_exists(pk)", ExpressionAttributeNames={"#l": "label"},
                                ExpressionAttributeValues={":l": label, ":b": by, ":a": at, ":i": incident_id})
 
+    # Inbound SMS replies, one item per Twilio MessageSid (``REPLY#<sid>`` / ``REPLY``, TTL expires_at):
+    # the claim that lets a reply act at most once, and the answer it got (a replay gets the same one).
+    def claim_reply(self, message_sid: str, record: Mapping[str, Any], expires_at: int) -> bool:
+        return conditional(
+            self.table.put_item,
+            Item=to_ddb(dict(record) | {"pk": f"REPLY#{message_sid}", "sk": "REPLY", "type": "sms_reply",
+                                        "message_sid": message_sid, "expires_at": expires_at,
+                                        "created_at": now_iso()}),
+            ConditionExpression="attribute_not_exists(pk)",
+        )
+
+    def get_reply(self, message_sid: str) -> dict[str, Any] | None:
+        item = self.table.get_item(Key={"pk": f"REPLY#{message_sid}", "sk": "REPLY"}, ConsistentRead=True).get("Item")
+        return from_ddb(item) if item else None
+
+    def finish_reply(self, message_sid: str, fields: Mapping[str, Any]) -> None:
+        names = {f"#{k}": k for k in fields}
+        values = {f":{k}": to_ddb(v) for k, v in fields.items()}
+        self.table.update_item(Key={"pk": f"REPLY#{message_sid}", "sk": "REPLY"},
+                               UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in fields),
+                               ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+
+    def release_reply(self, message_sid: str) -> None:
+        """Give a claim back when acting on the reply failed, so that Twilio's retry can act."""
+        self.table.delete_item(Key={"pk": f"REPLY#{message_sid}", "sk": "REPLY"})
+
     def list_incidents(self) -> list[dict[str, Any]]:
         """Every incident (a scan: for the demo and small tables, not for a hot path)."""
         return self._all(self.table.scan, {"FilterExpression": "#t = :t", "ExpressionAttributeNames": {"#t": "type"},
