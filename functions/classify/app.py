@@ -7,7 +7,6 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
     IdempotencyConfig,
@@ -15,7 +14,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from sentinela import runtime
+from sentinela import events, runtime
 
 logger = Logger()
 metrics = Metrics()
@@ -46,8 +45,12 @@ def process(record: dict[str, Any]) -> dict[str, Any]:
 @logger.inject_lambda_context(correlation_id_path="Records[0].s3.object.key")
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-@event_source(data_class=S3Event)
-def handler(event: S3Event, context: LambdaContext) -> dict[str, Any]:
+def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     idempotency.register_lambda_context(context)
-    results = [process(record=rec.raw_event) for rec in event.records]
-    return {"results": results}
+    # Only ObjectCreated records of the clips bucket are clips; anything else is ignored before a write.
+    records, ignored = events.s3_created_records(event, os.environ.get("CLIPS_BUCKET"))
+    for why in ignored:
+        logger.warning("event ignored", extra={"reason": why})
+        metrics.add_metric(name="EventsIgnored", unit="Count", value=1)
+    results = [process(record=rec) for rec in records]
+    return {"results": results, "ignored": ignored}

@@ -739,3 +739,17 @@ def test_no_plain_secret_or_phone_number_in_function_environments(translated: di
         env = json.dumps(r["Properties"].get("Environment", {}))
         assert not re.search(r"\+\d{8,}", env), logical_id  # phone numbers come from data, never env
         assert not re.search(r"(?i)(auth_token|password|secret_key)\"\s*:", env), logical_id
+
+
+def test_clip_caps_in_code_are_the_template_parameters(tpl: dict[str, Any]) -> None:
+    """One size cap: the code's defaults (used where no template sets the variables, e.g. the CLI) are the
+    template's parameter defaults, and every function that checks a cap receives the parameter itself."""
+    from sentinela.config import DEFAULT_MAX_CLIP_BYTES, DEFAULT_MAX_CLIP_SECONDS
+
+    assert tpl["Parameters"]["MaxClipBytes"]["Default"] == DEFAULT_MAX_CLIP_BYTES
+    assert tpl["Parameters"]["MaxClipSeconds"]["Default"] == DEFAULT_MAX_CLIP_SECONDS
+    for fn in ("ClassifyFunction", "PresignFunction"):
+        env = tpl["Resources"][fn]["Properties"]["Environment"]["Variables"]
+        assert env["MAX_CLIP_BYTES"] == {"Ref": "MaxClipBytes"}, fn
+    assert tpl["Resources"]["ClassifyFunction"]["Properties"]["Environment"]["Variables"][
+        "MAX_CLIP_SECONDS"] == {"Ref": "MaxClipSeconds"}

@@ -144,7 +144,8 @@ def twilio_auth_token() -> str:
 
 # --- presign (recorder uploads) -----------------------------------------------------------------
 def presign_service(metrics: MetricSink | None = None) -> PresignService:
-    """UPLOAD_URL_TTL_S (default 600), UPLOAD_CLOCK_SKEW_S (300), UPLOAD_RATE_PER_MINUTE (30)."""
+    """UPLOAD_URL_TTL_S (default 600), UPLOAD_CLOCK_SKEW_S (300), UPLOAD_RATE_PER_MINUTE (30); failed
+    attempts: UPLOAD_FAILED_ATTEMPTS_PER_DEVICE (10) and _PER_IP (20) per UPLOAD_FAILED_ATTEMPTS_WINDOW_S (600)."""
     import os
 
     from .presign import PresignService
@@ -156,7 +157,10 @@ def presign_service(metrics: MetricSink | None = None) -> PresignService:
     return PresignService(store(), s3(), s.bucket, max_bytes=s.max_clip_bytes,
                           ttl_s=int(env.get("UPLOAD_URL_TTL_S", "600")),
                           skew_s=int(env.get("UPLOAD_CLOCK_SKEW_S", "300")),
-                          per_minute=int(env.get("UPLOAD_RATE_PER_MINUTE", "30")), metrics=metrics)
+                          per_minute=int(env.get("UPLOAD_RATE_PER_MINUTE", "30")), metrics=metrics,
+                          failures_per_device=int(env.get("UPLOAD_FAILED_ATTEMPTS_PER_DEVICE", "10")),
+                          failures_per_ip=int(env.get("UPLOAD_FAILED_ATTEMPTS_PER_IP", "20")),
+                          failure_window_s=int(env.get("UPLOAD_FAILED_ATTEMPTS_WINDOW_S", "600")))
 
 
 # --- silence alarm (sentinela.silence) -------------------------------------------------------------

@@ -250,6 +250,18 @@ class Store:
             ExpressionAttributeValues={":one": 1, ":limit": limit, ":type": "upload_rate", ":exp": expires_at},
         )
 
+    # Failed presign attempts, ``AUTHFAIL#<site>/<device>`` and ``AUTHFAIL#ip/<address>`` / ``<window>``
+    # (TTL expires_at): counted whether or not the device exists, so the limit cannot tell either.
+    def auth_failures(self, pk: str, window: str) -> int:
+        item = self.table.get_item(Key={"pk": pk, "sk": window}, ConsistentRead=True).get("Item")
+        return int(item.get("n", 0)) if item else 0
+
+    def add_auth_failure(self, pk: str, window: str, expires_at: int) -> None:
+        self.table.update_item(Key={"pk": pk, "sk": window},
+                               UpdateExpression="ADD n :one SET #t = :type, expires_at = :exp",
+                               ExpressionAttributeNames={"#t": "type"},
+                               ExpressionAttributeValues={":one": 1, ":type": "auth_failures", ":exp": expires_at})
+
     # --- device last-seen and silence episodes (issue 6: silence is an alarm; sentinela.silence) -------
     # ``SITE#<site>`` / ``SEEN#<device>``, type "device_seen": last_upload_at (when classify received the
     # device's latest clip), last_clip_key, uploads; and the open silence episode, if any
