@@ -27,7 +27,7 @@ from sentinela.keys import make_key
 from sentinela.local.stack import LocalStack
 from sentinela.pipeline import _TAG_SAFE
 from sentinela.store import Store
-from tests.conftest import SR, encode, impulse, noise, tone
+from tests.conftest import SR, encode, impulse, noise, tone, unknown_length_flac
 from tests.integration.conftest import seed
 from tests.integration.docs_section import check_section
 
@@ -69,6 +69,8 @@ def corpus() -> list[Case]:
     inf = noise(4.0)
     inf[2 * SR] = np.inf
     key_wav = _wav(noise(1.0))
+    huge = noise(4.0)
+    huge[SR : 2 * SR] = 1e30
     cases = [
         Case("bytes", "zero bytes", b"", reason=r"^empty object \(0 bytes\)$"),
         Case("bytes", "WAV cut inside its header (20 bytes)", wav[:20],
@@ -130,6 +132,21 @@ def corpus() -> list[Case]:
              status="processed", fields={"duration_s": 35.0}),
         Case("size", f"3.3 MB object (cap set to {MAX_BYTES / 1e6:g} MB)", _wav(noise(34.0, amp=0.05)),
              reason=r"^object is 3\.3 MB, over the 3 MB cap$"),
+        Case("length", "FLAC with STREAMINFO total_samples = 0 (unknown length, as written to a pipe)",
+             unknown_length_flac(flac), ext="flac", status="processed", fields={"duration_s": 5.0}),
+        Case("length", f"unknown-length FLAC of 45 s (cap set to {MAX_SECONDS} s)",
+             unknown_length_flac(encode(noise(45.0, amp=0.05, sr=8000), 8000, "FLAC")), ext="flac",
+             reason=rf"^clip is over the {MAX_SECONDS} s cap \(decoding stopped at \d+ s; the header gives no "
+                    r"length\)$"),
+        Case("length", "unknown-length FLAC cut in half", unknown_length_flac(flac)[: len(flac) // 2], ext="flac",
+             reason=r"^corrupt audio data after 2\.\d s: flac decoder lost sync$"),
+        Case("samples", "samples of 1e30 from 1.0 s (32-bit float WAV: finite, but their squares are not)",
+             _wav(huge, subtype="FLOAT"),
+             reason=r"^48000 samples beyond \+/-1000 times full scale \(up to 1e\+30\) from 1\.0 s: not audio the "
+                    r"model can score$"),
+        Case("rate", "8 channels at 655.35 kHz (FLAC, 3.5 s of silence: memory is bounded by frames)",
+             encode(np.zeros((int(3.5 * 655350), 8), np.float32), 655350, "FLAC"), ext="flac", status="processed",
+             flags=("silent", "mixed_8ch"), fields={"sample_rate": 655350, "channels": 8}),
         Case("key", "missing part: clips/<site>/<time>.wav", key_wav, key="clips/corpus/20260301T120000Z.wav",
              reason=r"^bad key: key must be clips/<site_id>/<device_id>/<YYYYMMDDTHHMMSSZ>\.<ext>, got 3 parts$"),
         Case("key", "empty device part", key_wav, key="clips/corpus//20260301T120000Z.wav",

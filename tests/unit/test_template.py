@@ -753,3 +753,10 @@ def test_clip_caps_in_code_are_the_template_parameters(tpl: dict[str, Any]) -> N
         assert env["MAX_CLIP_BYTES"] == {"Ref": "MaxClipBytes"}, fn
     assert tpl["Resources"]["ClassifyFunction"]["Properties"]["Environment"]["Variables"][
         "MAX_CLIP_SECONDS"] == {"Ref": "MaxClipSeconds"}
+
+
+def test_classify_knows_its_last_attempt(tpl: dict[str, Any]) -> None:
+    """The last attempt records a terminal clip status: it must know which attempt is the last."""
+    props = tpl["Resources"]["ClassifyFunction"]["Properties"]
+    retries = props["EventInvokeConfig"]["MaximumRetryAttempts"]
+    assert props["Environment"]["Variables"]["CLASSIFY_MAX_ATTEMPTS"] == str(retries + 1)

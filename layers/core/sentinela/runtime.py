@@ -54,8 +54,12 @@ def classify_service(metrics: MetricSink | None = None) -> ClassifyService:
     from .pipeline import ClassifyService
 
     s = settings()
+    import os
+
+    # 1 + EventInvokeConfig.MaximumRetryAttempts in template.yaml: the last attempt records a terminal status.
     return ClassifyService(store(), s3(), model(), max_bytes=s.max_clip_bytes, max_seconds=s.max_clip_seconds,
-                           batch_size=s.batch_size, metrics=metrics)
+                           batch_size=s.batch_size, metrics=metrics,
+                           max_attempts=int(os.environ.get("CLASSIFY_MAX_ATTEMPTS", "3")))
 
 
 @functools.cache

@@ -4,6 +4,7 @@ sites, rangers and sent messages; the item shapes are documented in README ("Dat
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,11 +25,14 @@ def now_iso() -> str:
 
 
 def to_ddb(value: Any) -> Any:
-    """DynamoDB wants Decimal, not float; round so that stored figures stay readable."""
+    """DynamoDB wants Decimal, not float; round so that stored figures stay readable. NaN and infinity are
+    not numbers DynamoDB stores (the whole write would fail, and with it the clip's record): they become
+    None, which a mapping drops."""
     if isinstance(value, float):
-        return Decimal(str(round(value, 4)))
+        return Decimal(str(round(value, 4))) if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {k: to_ddb(v) for k, v in value.items() if v is not None}
+        converted = {k: to_ddb(v) for k, v in value.items()}
+        return {k: v for k, v in converted.items() if v is not None}
     if isinstance(value, list | tuple):
         return [to_ddb(v) for v in value]
     return value
@@ -92,9 +96,26 @@ class Store:
             item["gsi1sk"] = f"CLIP#{now_iso()}#{ref.clip_id}"
         return item
 
-    def mark_processing(self, ref: ClipRef, received_at: str) -> None:
-        item = self._clip_base(ref) | {"status": "processing", "received_at": received_at, "updated_at": now_iso()}
-        self.table.put_item(Item=to_ddb(item))
+    def mark_processing(self, ref: ClipRef, received_at: str) -> int:
+        """The clip is being processed; returns which attempt this is (1, 2, ... across retries and
+        replays), so that the last one can leave a terminal status instead of ``processing``."""
+        item = to_ddb(self._clip_base(ref) | {"status": "processing", "received_at": received_at,
+                                              "updated_at": now_iso()})
+        key = {"pk": item.pop("pk"), "sk": item.pop("sk")}
+        names = {f"#a{i}": k for i, k in enumerate(item)}
+        values = {f":a{i}": v for i, v in enumerate(item.values())}
+        sets = ", ".join(f"#a{i} = :a{i}" for i in range(len(item)))
+        res = self.table.update_item(
+            Key=key, UpdateExpression=f"SET {sets} REMOVE reason ADD attempts :one",
+            ExpressionAttributeNames=names, ExpressionAttributeValues=values | {":one": 1},
+            ReturnValues="UPDATED_NEW")
+        return int(res.get("Attributes", {}).get("attempts", 1))
+
+    def note_clip_error(self, clip_id: str, error: str, attempt: int) -> None:
+        """An attempt failed and will be retried: the error is on the record meanwhile."""
+        self.table.update_item(Key={"pk": f"CLIP#{clip_id}", "sk": "CLIP"},
+                               UpdateExpression="SET last_error = :e, last_error_attempt = :n, updated_at = :u",
+                               ExpressionAttributeValues={":e": error, ":n": attempt, ":u": now_iso()})
 
     def mark_rejected(self, ref: ClipRef, reason: str, extra: Mapping[str, Any] | None = None) -> None:
         item = self._clip_base(ref) | {"status": "rejected", "reason": reason, "updated_at": now_iso()}

@@ -239,6 +239,7 @@ class LocalStack:
             # The caps from the template's parameters, as the deployed functions receive them.
             "MAX_CLIP_BYTES": str(self.tpl["Parameters"]["MaxClipBytes"]["Default"]),
             "MAX_CLIP_SECONDS": str(self.tpl["Parameters"]["MaxClipSeconds"]["Default"]),
+            "CLASSIFY_MAX_ATTEMPTS": str(self._classify_retries() + 1),
         }
         if self.card:
             env["MODEL_CARD"] = str(self.card)
