@@ -24,6 +24,8 @@ idempotency = IdempotencyConfig(
     event_key_jmespath="[s3.bucket.name, s3.object.key, s3.object.versionId, s3.object.sequencer]",
     expires_after_seconds=7 * 24 * 3600,
 )
+# The running invocation's context: the last attempt records the clip failed before its time limit.
+_invocation: dict[str, LambdaContext] = {}
 persistence = DynamoDBPersistenceLayer(table_name=os.environ.get("IDEMPOTENCY_TABLE", "idempotency"))
 
 
@@ -33,8 +35,10 @@ def process(record: dict[str, Any]) -> dict[str, Any]:
     logger.append_keys(clip_key=obj["key"])
     # The clip in the EMF record too, so a metric data point leads back to its clip in Logs Insights.
     metrics.add_metadata(key="clip_key", value=unquote_plus(obj["key"]))
+    ctx = _invocation.get("context")
+    remaining = (lambda: ctx.get_remaining_time_in_millis() / 1000) if ctx is not None else None
     out = runtime.classify_service(metrics).handle(
-        record["s3"]["bucket"]["name"], obj["key"], obj.get("versionId"), obj.get("size")
+        record["s3"]["bucket"]["name"], obj["key"], obj.get("versionId"), obj.get("size"), remaining
     )
     logger.info("clip handled", extra={"clip_id": out.clip_id, "status": out.status, "reason": out.reason,
                                        "alerts": out.alerts, "detections": out.detections,
@@ -47,6 +51,7 @@ def process(record: dict[str, Any]) -> dict[str, Any]:
 @metrics.log_metrics
 def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     idempotency.register_lambda_context(context)
+    _invocation["context"] = context
     # Only ObjectCreated records of the clips bucket are clips; anything else is ignored before a write.
     records, ignored = events.s3_created_records(event, os.environ.get("CLIPS_BUCKET"))
     for why in ignored:

@@ -8,6 +8,7 @@ docs/BAD_INPUT.md is this test's output.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote_plus
@@ -19,6 +20,7 @@ from sentinela import runtime
 from sentinela.audio import SignalStats
 from sentinela.local.stack import LocalStack
 from sentinela.model import Model
+from sentinela.pipeline import TIMEOUT_MARGIN_S
 from sentinela.store import Store
 from tests.conftest import encode, impulse
 from tests.integration.docs_section import check_section
@@ -127,3 +129,33 @@ def test_no_clip_is_left_processing_whatever_fails(stack: LocalStack, store: Sto
     lines += [f"| {i} | {stage} | {what} | {status} | {reason.replace('|', chr(92) + '|')} |"
               for i, (stage, what, status, reason) in enumerate(rows, 1)]
     check_section("classify failures", "\n".join(lines))
+
+
+def test_the_last_attempt_records_failed_before_its_time_limit(stack: LocalStack, store: Store,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A timeout stops the process: no ``except`` runs. So the last attempt arms a timer that records the
+    clip failed shortly before the limit. Here the limit is already that close: the model sees the record
+    turn ``failed`` while it runs; the clip, finishing after all, ends ``processed``."""
+    key, version = stack.upload(encode(impulse()), SITE, "st-timeout", T0 + dt.timedelta(hours=1))
+    real_run = Model.run
+    seen: dict[str, Any] = {}
+
+    def slow_run(self: Model, *a: Any, **kw: Any) -> Any:
+        for _ in range(200):  # wait (bounded) for the watchdog, as a model still running would be overtaken
+            (clip,) = [c for c in store.scan_all() if c.get("type") == "clip" and c["key"] == key]
+            if clip["status"] != "processing":
+                seen.update(clip)
+                break
+            threading.Event().wait(0.05)
+        return real_run(self, *a, **kw)
+
+    monkeypatch.setattr(Model, "run", slow_run)
+    service = runtime.classify_service()
+    service.max_attempts = 1  # this is the last attempt
+    out = service.handle(stack.names["ClipsBucket"], key, version, None, remaining_s=lambda: TIMEOUT_MARGIN_S)
+    assert seen["status"] == "failed" and "before the invocation's time limit" in seen["reason"], seen
+    tags = {t["Key"]: t["Value"] for t in stack.client("s3").get_object_tagging(
+        Bucket=stack.names["ClipsBucket"], Key=key, VersionId=version)["TagSet"]}
+    assert out.status == "processed" and tags["sentinela-status"] == "processed"
+    (clip,) = [c for c in store.scan_all() if c.get("type") == "clip" and c["key"] == key]
+    assert clip["status"] == "processed" and "reason" not in clip

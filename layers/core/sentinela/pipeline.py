@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import re
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,8 @@ from .store import ClipRef, Store, clip_id_for, now_iso
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
 # Processed, but worth a look: recorded on the clip, tagged on the object, counted as ClipQuality_<flag>.
 QUALITY_FLAGS = ("silent", "dc_offset", "clipped", "truncated")
+# How long before the time limit the last attempt records the clip failed (a timeout runs no handler).
+TIMEOUT_MARGIN_S = 10.0
 
 
 @dataclass
@@ -51,8 +55,14 @@ class ClassifyService:
         self.max_bytes, self.max_seconds, self.batch_size = max_bytes, max_seconds, batch_size
         self.metrics: MetricSink = metrics or NullMetrics()
         self.max_attempts = max_attempts
+        # The watchdog's "failed" and the attempt's own final record and tag never interleave.
+        self._final = threading.Lock()
+        self._started = time.monotonic()
 
-    def handle(self, bucket: str, raw_key: str, version_id: str | None, size: int | None) -> Outcome:
+    def handle(self, bucket: str, raw_key: str, version_id: str | None, size: int | None,
+               remaining_s: Callable[[], float] | None = None) -> Outcome:
+        """``remaining_s``: seconds left before the platform stops the invocation (Lambda's context)."""
+        self._started = time.monotonic()
         key = decode_event_key(raw_key)
         clip_id = clip_id_for(key, version_id)
         self.metrics.add_metric("ClipsReceived", "Count", 1)
@@ -66,6 +76,7 @@ class ClassifyService:
         if size is not None and size > self.max_bytes:
             return self._reject(ref, f"object is {size / 1e6:.1f} MB, over the {self.max_bytes / 1e6:.0f} MB cap")
         attempt = self.store.mark_processing(ref, now_iso())
+        watchdog = self._watchdog(ref, attempt, remaining_s)
         try:
             return self._classify(ref, ck.ext, version_id, attempt)
         except Exception as exc:
@@ -74,13 +85,39 @@ class ClassifyService:
                 self._note(ref, error, attempt)
                 raise
             reason = f"failed after {attempt} attempt(s): {error}"
-            try:
-                self.store.mark_rejected(ref, reason, {"status": "failed", "attempts": attempt})
-            except ClientError:  # DynamoDB is what fails: the dead letter (and the tag) carry the reason
-                self.metrics.add_metric("ClipStatusUnrecorded", "Count", 1)
-            self._tag(ref, "failed", reason)
+            with self._final:
+                try:
+                    self.store.mark_rejected(ref, reason, {"status": "failed", "attempts": attempt})
+                except ClientError:  # DynamoDB is what fails: the dead letter (and the tag) carry the reason
+                    self.metrics.add_metric("ClipStatusUnrecorded", "Count", 1)
+                self._tag(ref, "failed", reason)
             self.metrics.add_metric("ClipsFailed", "Count", 1)
             raise  # still an error: the event goes to ClassifyDLQ, from where it can be replayed
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+
+    def _watchdog(self, ref: ClipRef, attempt: int, remaining_s: Callable[[], float] | None) -> threading.Timer | None:
+        """On the last attempt, a timer that records the clip ``failed`` shortly before the time limit: a
+        timeout stops the process and no ``except`` runs. Conditional on the clip still being
+        ``processing``, so a clip that finishes meanwhile is recorded ``processed`` all the same."""
+        if attempt < self.max_attempts or remaining_s is None:
+            return None
+        left = remaining_s()
+        limit = left + (time.monotonic() - self._started)
+
+        def mark() -> None:
+            reason = (f"failed after {attempt} attempt(s): still running {TIMEOUT_MARGIN_S:g} s before the "
+                      f"invocation's time limit (about {limit:.0f} s); a longer clip needs a longer Timeout")
+            with self._final, contextlib.suppress(ClientError):  # else the dead letter carries the event
+                if self.store.mark_failed_if_processing(ref, reason, attempt):
+                    self._tag(ref, "failed", reason)
+                    self.metrics.add_metric("ClipsFailed", "Count", 1)
+
+        timer = threading.Timer(max(left - TIMEOUT_MARGIN_S, 0.0), mark)
+        timer.daemon = True
+        timer.start()
+        return timer
 
     def _note(self, ref: ClipRef, error: str, attempt: int) -> None:
         with contextlib.suppress(ClientError):  # the retry matters more than the note
@@ -119,18 +156,19 @@ class ClassifyService:
         notes = list(out.flags)
         if out.info.ext != key_ext:
             notes.append(f"content_is_{out.info.ext}")
-        self.store.mark_processed(ref, {
-            "duration_s": out.info.duration_s, "sample_rate": out.info.sample_rate,
-            "channels": out.info.channels, "format": out.info.format, "subtype": out.info.subtype,
-            "model_id": card.id, "windows": out.result.windows, "detections": n,
-            "threat_detections": sum(1 for d in out.result.detections if d.threat),
-            "max_scores": out.result.max_scores, "alerts": alerts, "flags": notes,
-            "decisions": decisions,
-            "peak": out.peak, "rms": out.rms, "processing_ms": round((time.perf_counter() - t0) * 1000),
-            "attempts": attempt,
-        })
-        quality = [f for f in notes if f in QUALITY_FLAGS]
-        self._tag(ref, "processed", None, voice="human_voice" in alerts, quality=quality)
+        with self._final:
+            self.store.mark_processed(ref, {
+                "duration_s": out.info.duration_s, "sample_rate": out.info.sample_rate,
+                "channels": out.info.channels, "format": out.info.format, "subtype": out.info.subtype,
+                "model_id": card.id, "windows": out.result.windows, "detections": n,
+                "threat_detections": sum(1 for d in out.result.detections if d.threat),
+                "max_scores": out.result.max_scores, "alerts": alerts, "flags": notes,
+                "decisions": decisions,
+                "peak": out.peak, "rms": out.rms, "processing_ms": round((time.perf_counter() - t0) * 1000),
+                "attempts": attempt,
+            })
+            quality = [f for f in notes if f in QUALITY_FLAGS]
+            self._tag(ref, "processed", None, voice="human_voice" in alerts, quality=quality)
         for flag in quality:
             self.metrics.add_metric(f"ClipQuality_{flag}", "Count", 1)
         self.metrics.add_metric("ClipsProcessed", "Count", 1)

@@ -111,6 +111,15 @@ class Store:
             ReturnValues="UPDATED_NEW")
         return int(res.get("Attributes", {}).get("attempts", 1))
 
+    def mark_failed_if_processing(self, ref: ClipRef, reason: str, attempts: int) -> bool:
+        """``failed`` with the reason, unless the clip left ``processing`` meanwhile (then False)."""
+        return conditional(
+            self.table.update_item, Key={"pk": f"CLIP#{ref.clip_id}", "sk": "CLIP"},
+            UpdateExpression="SET #s = :failed, reason = :r, attempts = :n, updated_at = :u",
+            ConditionExpression="#s = :processing", ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":failed": "failed", ":r": reason, ":n": attempts, ":u": now_iso(),
+                                       ":processing": "processing"})
+
     def note_clip_error(self, clip_id: str, error: str, attempt: int) -> None:
         """An attempt failed and will be retried: the error is on the record meanwhile."""
         self.table.update_item(Key={"pk": f"CLIP#{clip_id}", "sk": "CLIP"},
