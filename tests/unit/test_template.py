@@ -638,8 +638,13 @@ def test_sms_reply_behind_its_http_api_with_least_privilege(tpl: dict[str, Any],
     data = [{"Fn::GetAtt": ["DataTable", "Arn"]}, {"Fn::Sub": "${DataTable.Arn}/index/*"}]
     for action in ("GetItem", "UpdateItem", "Query"):
         assert _resources_for(translated, "SmsReplyRole", f"dynamodb:{action}") == data, action
-    for action in ("dynamodb:PutItem", "dynamodb:DeleteItem", "s3:GetObject", "sqs:SendMessage"):
+    for action in ("dynamodb:DeleteItem", "s3:GetObject", "sqs:SendMessage"):
         assert _resources_for(translated, "SmsReplyRole", action) == [], action
+    # it puts only reply claims (REPLY#<MessageSid>) and the co-ranger notes' SMS items (INC#<incident>)
+    assert _resources_for(translated, "SmsReplyRole", "dynamodb:PutItem") == [{"Fn::GetAtt": ["DataTable", "Arn"]}]
+    (put,) = [st for st in res(tpl, "SmsReplyRole")["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+              if st["Sid"] == "ReplyClaimsAndNotes"]
+    assert put["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["REPLY#*", "INC#*"]}}
     assert props(tpl, "SmsReplyLogGroup")["LogGroupName"] == {"Fn::Sub": "/aws/lambda/${AWS::StackName}-sms_reply"}
 
 

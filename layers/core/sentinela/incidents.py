@@ -456,7 +456,7 @@ class IncidentService:
         except Exception:
             self.store.release_reply(message_sid)
             raise
-        self.store.finish_reply(message_sid, {"answer": answer, "answered_at": iso(utcnow())})
+        self.store.finish_reply(message_sid, {"answer": answer, "answered_at": iso(utcnow()), "reply_status": "done"})
         return answer
 
     def _incident_by_ref(self, phone: str, ref: str) -> dict[str, Any] | None:

@@ -554,8 +554,9 @@ class Store:
             self.table.put_item,
             Item=to_ddb(dict(record) | {"pk": f"REPLY#{message_sid}", "sk": "REPLY", "type": "sms_reply",
                                         "message_sid": message_sid, "expires_at": expires_at,
-                                        "created_at": now_iso()}),
-            ConditionExpression="attribute_not_exists(pk)",
+                                        "reply_status": "claimed", "created_at": now_iso()}),
+            ConditionExpression="attribute_not_exists(pk) OR reply_status = :released",
+            ExpressionAttributeValues={":released": "released"},
         )
 
     def get_reply(self, message_sid: str) -> dict[str, Any] | None:
@@ -570,8 +571,9 @@ class Store:
                                ExpressionAttributeNames=names, ExpressionAttributeValues=values)
 
     def release_reply(self, message_sid: str) -> None:
-        """Give a claim back when acting on the reply failed, so that Twilio's retry can act."""
-        self.table.delete_item(Key={"pk": f"REPLY#{message_sid}", "sk": "REPLY"})
+        """Give a claim back when acting on the reply failed, so that Twilio's retry can act (an update,
+        not a delete: the function is not allowed to delete)."""
+        self.finish_reply(message_sid, {"reply_status": "released"})
 
     def list_incidents(self) -> list[dict[str, Any]]:
         """Every incident (a scan: for the demo and small tables, not for a hot path)."""
