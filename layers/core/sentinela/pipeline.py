@@ -31,8 +31,6 @@ from .store import ClipRef, Store, clip_id_for, now_iso
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
 # Processed, but worth a look: recorded on the clip, tagged on the object, counted as ClipQuality_<flag>.
 QUALITY_FLAGS = ("silent", "dc_offset", "clipped", "truncated")
-# How long before the time limit the last attempt records the clip failed (a timeout runs no handler).
-TIMEOUT_MARGIN_S = 10.0
 
 
 @dataclass
@@ -46,6 +44,10 @@ class Outcome:
     # Each threat class's decision (alert or not, and why): logged, so "why did this clip not alert" is
     # answered from the logs (the saved Logs Insights query) as well as from the clip record.
     decisions: list[dict[str, Any]] = field(default_factory=list)
+
+
+# How long before the time limit the last attempt records the clip failed (a timeout runs no handler).
+TIMEOUT_MARGIN_S = 10.0
 
 
 class ClassifyService:
