@@ -55,3 +55,15 @@ def encode(x: np.ndarray, sr: int = SR, fmt: str = "WAV", subtype: str | None = 
     buf = io.BytesIO()
     sf.write(buf, x, sr, format=fmt, subtype=subtype)
     return buf.getvalue()
+
+
+def unknown_length_flac(flac: bytes) -> bytes:
+    """The same FLAC with STREAMINFO's total_samples (and MD5) zeroed: "length unknown", as an encoder
+    writing to a pipe leaves it. STREAMINFO is the first metadata block, right after "fLaC" and its
+    4-byte header; total_samples is its 36 bits from byte 13 (low nibble) to 17."""
+    assert flac[:4] == b"fLaC" and flac[4] & 0x7F == 0
+    d = bytearray(flac)
+    d[8 + 13] &= 0xF0
+    d[8 + 14 : 8 + 18] = b"\0\0\0\0"
+    d[8 + 18 : 8 + 34] = b"\0" * 16
+    return bytes(d)

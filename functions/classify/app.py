@@ -9,7 +9,6 @@ from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
     IdempotencyConfig,
@@ -17,7 +16,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from sentinela import runtime
+from sentinela import events, runtime
 
 logger = Logger()
 # The core's loggers (sentinela.*) write through this logger's handler and formatter: JSON lines with
@@ -31,6 +30,8 @@ idempotency = IdempotencyConfig(
     event_key_jmespath="[s3.bucket.name, s3.object.key, s3.object.versionId, s3.object.sequencer]",
     expires_after_seconds=7 * 24 * 3600,
 )
+# The running invocation's context: the last attempt records the clip failed before its time limit.
+_invocation: dict[str, LambdaContext] = {}
 persistence = DynamoDBPersistenceLayer(table_name=os.environ.get("IDEMPOTENCY_TABLE", "idempotency"))
 
 
@@ -40,8 +41,10 @@ def process(record: dict[str, Any]) -> dict[str, Any]:
     logger.append_keys(clip_key=obj["key"])
     # The clip in the EMF record too, so a metric data point leads back to its clip in Logs Insights.
     metrics.add_metadata(key="clip_key", value=unquote_plus(obj["key"]))
+    ctx = _invocation.get("context")
+    remaining = (lambda: ctx.get_remaining_time_in_millis() / 1000) if ctx is not None else None
     out = runtime.classify_service(metrics).handle(
-        record["s3"]["bucket"]["name"], obj["key"], obj.get("versionId"), obj.get("size")
+        record["s3"]["bucket"]["name"], obj["key"], obj.get("versionId"), obj.get("size"), remaining
     )
     logger.info("clip handled", extra={"clip_id": out.clip_id, "status": out.status, "reason": out.reason,
                                        "alerts": out.alerts, "detections": out.detections,
@@ -52,8 +55,13 @@ def process(record: dict[str, Any]) -> dict[str, Any]:
 @logger.inject_lambda_context(correlation_id_path="Records[0].s3.object.key")
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-@event_source(data_class=S3Event)
-def handler(event: S3Event, context: LambdaContext) -> dict[str, Any]:
+def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     idempotency.register_lambda_context(context)
-    results = [process(record=rec.raw_event) for rec in event.records]
-    return {"results": results}
+    _invocation["context"] = context
+    # Only ObjectCreated records of the clips bucket are clips; anything else is ignored before a write.
+    records, ignored = events.s3_created_records(event, os.environ.get("CLIPS_BUCKET"))
+    for why in ignored:
+        logger.warning("event ignored", extra={"reason": why})
+        metrics.add_metric(name="EventsIgnored", unit="Count", value=1)
+    results = [process(record=rec) for rec in records]
+    return {"results": results, "ignored": ignored}

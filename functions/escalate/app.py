@@ -9,7 +9,7 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from sentinela import runtime
+from sentinela import events, runtime
 
 logger = Logger()
 # The core's loggers (sentinela.*) write through this logger's handler and formatter: JSON lines with
@@ -23,7 +23,12 @@ tracer = Tracer()
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    try:
+        events.scheduled_time(event)
+    except ValueError as exc:  # only the schedule sweeps; anything else is logged and left alone
+        logger.warning("event ignored", extra={"reason": str(exc)})
+        return {"ignored": str(exc)}
     res = runtime.incident_service(metrics).escalate_due()
     logger.info("escalation sweep", extra={"checked": res.checked, "escalated": res.escalated,
                                            "exhausted": res.exhausted, "failed": res.failed})

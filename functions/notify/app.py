@@ -11,7 +11,7 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from sentinela import runtime
+from sentinela import events, runtime
 from sentinela.store import from_ddb
 
 logger = Logger()
@@ -38,6 +38,11 @@ def record_handler(record: DynamoDBRecord) -> dict[str, Any]:
 @logger.inject_lambda_context(correlation_id_path="Records[0].dynamodb.NewImage.clip_id.S")
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor,
-                                    context=context)
+def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    records, ignored = events.stream_records(event)
+    for why in ignored:  # not a stream record: nothing to retry, nothing to send
+        logger.warning("record ignored", extra={"reason": why})
+    if not records:
+        return {"batchItemFailures": []}
+    return process_partial_response(event={"Records": records}, record_handler=record_handler,
+                                    processor=processor, context=context)

@@ -8,10 +8,9 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from sentinela import runtime
+from sentinela import events, runtime
 
 logger = Logger()
 # The core's loggers (sentinela.*) write through this logger's handler and formatter: JSON lines with
@@ -30,17 +29,18 @@ def _response(status: int, body: dict[str, Any], headers: dict[str, str] | None 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-@event_source(data_class=APIGatewayProxyEventV2)
-def handler(event: APIGatewayProxyEventV2, context: LambdaContext) -> dict[str, Any]:
+def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     try:
-        payload = json.loads(event.decoded_body or "")
-    except (ValueError, UnicodeDecodeError):
-        metrics.add_metric(name="UploadRefused_bad_request", unit="Count", value=1)
-        return _response(400, {"error": "bad_request", "reason": "the body must be JSON"})
+        req = events.http_v2(event, events.MAX_JSON_BYTES)
+        payload = events.json_body(req.body)
+    except events.BadRequest as bad:
+        metrics.add_metric(name=f"UploadRefused_{bad.code}", unit="Count", value=1)
+        logger.warning("upload request refused", extra={"status": bad.status, "reason": bad.reason})
+        return _response(bad.status, {"error": bad.code, "reason": bad.reason})
     if isinstance(payload, dict):
         # Never log the secret; the ids are what ops search by.
         logger.append_keys(site=payload.get("site"), device=payload.get("device"))
-    answer = runtime.presign_service(metrics).handle(payload)
+    answer = runtime.presign_service(metrics).handle(payload, source_ip=req.source_ip)
     logger.info("upload request", extra={"status": answer.status, "error": answer.body.get("error"),
                                          "reason": answer.body.get("reason"), "key": answer.body.get("key"),
                                          "duplicate": answer.body.get("duplicate")})

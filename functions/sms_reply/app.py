@@ -8,7 +8,6 @@ Both must carry a valid X-Twilio-Signature for the URL Twilio called; anything e
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import urllib.parse
@@ -16,10 +15,9 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from sentinela import runtime
+from sentinela import events, runtime
 from sentinela.sms import mask_phone, twiml_message, valid_signature
 
 logger = Logger()
@@ -31,40 +29,50 @@ metrics = Metrics()
 tracer = Tracer()
 
 
-def _public_url(event: APIGatewayProxyEventV2) -> str:
+def _public_url(req: events.HttpRequest) -> str:
     """The URL Twilio was configured with: API Gateway's domain (or PUBLIC_API_URL, for a custom domain)
     plus the path and query it called."""
-    base = os.environ.get("PUBLIC_API_URL") or f"https://{event.request_context.domain_name}"
-    query = event.raw_query_string
-    return base.rstrip("/") + event.raw_path + (f"?{query}" if query else "")
+    base = os.environ.get("PUBLIC_API_URL") or f"https://{req.domain}"
+    return base.rstrip("/") + req.path + (f"?{req.query}" if req.query else "")
 
 
-def _form(event: APIGatewayProxyEventV2) -> dict[str, str]:
-    raw = event.body or ""
-    text = base64.b64decode(raw).decode("utf-8") if event.is_base64_encoded else raw
-    return dict(urllib.parse.parse_qsl(text, keep_blank_values=True))
+def _plain(status: int, text: str) -> dict[str, Any]:
+    return {"statusCode": status, "headers": {"Content-Type": "text/plain"}, "body": text}
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-@event_source(data_class=APIGatewayProxyEventV2)
-def handler(event: APIGatewayProxyEventV2, context: LambdaContext) -> dict[str, Any]:
-    form = _form(event)
-    signature = event.headers.get("x-twilio-signature")
-    if not valid_signature(runtime.twilio_auth_token(), _public_url(event), form, signature):
+def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
+    try:
+        req = events.http_v2(event, events.MAX_FORM_BYTES)
+        form = events.form(req.body)
+    except events.BadRequest as bad:  # before the signature: nothing here can act, so say why plainly
+        metrics.add_metric(name="WebhookRejected", unit="Count", value=1)
+        logger.warning("webhook rejected", extra={"status": bad.status, "reason": bad.reason})
+        return _plain(bad.status, bad.reason)
+    try:
+        token = runtime.twilio_auth_token()
+    except runtime.TwilioSecretError as exc:  # fail closed: a misconfigured secret never means "accept"
+        metrics.add_metric(name="WebhookMisconfigured", unit="Count", value=1)
+        logger.error("webhook refused: the Twilio secret is misconfigured, no webhook can be verified",
+                     extra={"reason": str(exc)})
+        return _plain(503, "service unavailable")
+    if not valid_signature(token, _public_url(req), form, req.headers.get("x-twilio-signature")):
         metrics.add_metric(name="WebhookForged", unit="Count", value=1)
-        logger.warning("webhook refused: bad or missing X-Twilio-Signature", extra={"path": event.raw_path})
-        return {"statusCode": 403, "headers": {"Content-Type": "text/plain"}, "body": "forbidden"}
+        logger.warning("webhook refused: bad or missing X-Twilio-Signature", extra={"path": req.path})
+        return _plain(403, "forbidden")
     service = runtime.incident_service(metrics)
-    if event.raw_path.endswith("/status"):
-        params = form | dict(urllib.parse.parse_qsl(event.raw_query_string))
+    if req.path.endswith("/status"):
+        params = form | dict(urllib.parse.parse_qsl(req.query))
         recorded = service.delivery_status(params)
         logger.info("delivery status", extra={"incident_id": params.get("i"), "step": params.get("s"),
                                               "status": params.get("MessageStatus") or params.get("SmsStatus"),
                                               "recorded": recorded})
         return {"statusCode": 204, "body": ""}
-    sender = form.get("From", "")
-    answer = service.reply(sender, form.get("Body", ""))
-    logger.info("sms reply", extra={"from": mask_phone(sender)})
+    sender, sid = form.get("From", ""), form.get("MessageSid", "")
+    if not sender or not sid:
+        return _plain(400, "From and MessageSid are required")
+    answer = service.reply(sender, form.get("Body", ""), message_sid=sid)
+    logger.info("sms reply", extra={"from": mask_phone(sender), "message_sid": sid})
     return {"statusCode": 200, "headers": {"Content-Type": "text/xml"}, "body": twiml_message(answer)}

@@ -3,10 +3,10 @@ handlers, in one batch with good clips that must still alert.
 
 Each case asserts what ops would see: the clip record's status and specific reason (or quality flags),
 the object still in the bucket and tagged, and the ClipsRejected / ClipsProcessed metric in the
-handler's EMF output. The table in docs/BAD_INPUT.md is this corpus's output; the test fails when the
-two disagree. Regenerate it with:
+handler's EMF output. The "clip corpus" section of docs/BAD_INPUT.md is this corpus's output; the test
+fails when the two disagree. Regenerate every section with:
 
-    SENTINELA_WRITE_DOCS=1 .venv/bin/python -m pytest -q tests/integration/test_bad_input.py
+    SENTINELA_WRITE_DOCS=1 .venv/bin/python -m pytest -q tests/integration
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,12 +27,12 @@ from sentinela.keys import make_key
 from sentinela.local.stack import LocalStack
 from sentinela.pipeline import _TAG_SAFE
 from sentinela.store import Store
-from tests.conftest import SR, encode, impulse, noise, tone
+from tests.conftest import SR, encode, impulse, noise, tone, unknown_length_flac
 from tests.integration.conftest import seed
+from tests.integration.docs_section import check_section
 
 pytestmark = pytest.mark.integration
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "BAD_INPUT.md"
 MAX_SECONDS, MAX_BYTES = 40, 3_000_000
 BASE = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
 SITE, GOOD_SITE = "corpus", "corpus-good"
@@ -70,6 +69,8 @@ def corpus() -> list[Case]:
     inf = noise(4.0)
     inf[2 * SR] = np.inf
     key_wav = _wav(noise(1.0))
+    huge = noise(4.0)
+    huge[SR : 2 * SR] = 1e30
     cases = [
         Case("bytes", "zero bytes", b"", reason=r"^empty object \(0 bytes\)$"),
         Case("bytes", "WAV cut inside its header (20 bytes)", wav[:20],
@@ -131,6 +132,21 @@ def corpus() -> list[Case]:
              status="processed", fields={"duration_s": 35.0}),
         Case("size", f"3.3 MB object (cap set to {MAX_BYTES / 1e6:g} MB)", _wav(noise(34.0, amp=0.05)),
              reason=r"^object is 3\.3 MB, over the 3 MB cap$"),
+        Case("length", "FLAC with STREAMINFO total_samples = 0 (unknown length, as written to a pipe)",
+             unknown_length_flac(flac), ext="flac", status="processed", fields={"duration_s": 5.0}),
+        Case("length", f"unknown-length FLAC of 45 s (cap set to {MAX_SECONDS} s)",
+             unknown_length_flac(encode(noise(45.0, amp=0.05, sr=8000), 8000, "FLAC")), ext="flac",
+             reason=rf"^clip is over the {MAX_SECONDS} s cap \(decoding stopped at \d+ s; the header gives no "
+                    r"length\)$"),
+        Case("length", "unknown-length FLAC cut in half", unknown_length_flac(flac)[: len(flac) // 2], ext="flac",
+             reason=r"^corrupt audio data after 2\.\d s: flac decoder lost sync$"),
+        Case("samples", "samples of 1e30 from 1.0 s (32-bit float WAV: finite, but their squares are not)",
+             _wav(huge, subtype="FLOAT"),
+             reason=r"^48000 samples beyond \+/-1000 times full scale \(up to 1e\+30\) from 1\.0 s: not audio the "
+                    r"model can score$"),
+        Case("rate", "8 channels at 655.35 kHz (FLAC, 3.5 s of silence: memory is bounded by frames)",
+             encode(np.zeros((int(3.5 * 655350), 8), np.float32), 655350, "FLAC"), ext="flac", status="processed",
+             flags=("silent", "mixed_8ch"), fields={"sample_rate": 655350, "channels": 8}),
         Case("key", "missing part: clips/<site>/<time>.wav", key_wav, key="clips/corpus/20260301T120000Z.wav",
              reason=r"^bad key: key must be clips/<site_id>/<device_id>/<YYYYMMDDTHHMMSSZ>\.<ext>, got 3 parts$"),
         Case("key", "empty device part", key_wav, key="clips/corpus//20260301T120000Z.wav",
@@ -260,12 +276,7 @@ def test_bad_input_corpus(stack: LocalStack, store: Store, caps: None, capsys: p
         texts = [m for m in stack.twilio.outbox if m.to == f"+569000006{n:02d}"]
         assert len(texts) == 1 and "DISPARO" in texts[0].body, texts
 
-    table = render(rows, len(good))
-    if os.environ.get("SENTINELA_WRITE_DOCS") == "1":
-        DOC.parent.mkdir(parents=True, exist_ok=True)
-        DOC.write_text(table, encoding="utf-8")
-    assert DOC.exists() and DOC.read_text(encoding="utf-8") == table, (
-        "docs/BAD_INPUT.md is out of date: regenerate it with SENTINELA_WRITE_DOCS=1 (see this file's docstring)")
+    check_section("clip corpus", render(rows, len(good)))
 
 
 def _cell(text: str) -> str:
@@ -274,11 +285,16 @@ def _cell(text: str) -> str:
 
 def render(rows: list[tuple[Case, str, str, str]], good: int) -> str:
     lines = [
-        "# Bad input: what each broken upload produces",
+        "# Bad input: what each kind produces",
         "",
-        "Generated by `tests/integration/test_bad_input.py` (regenerate: `SENTINELA_WRITE_DOCS=1 .venv/bin/python "
-        "-m pytest -q tests/integration/test_bad_input.py`; the test fails when this file and the corpus "
-        "disagree). Every object below was uploaded to the local stack's bucket in one batch together with "
+        "Generated by the tests that push each kind of bad input through the local stack (regenerate every "
+        "section: `SENTINELA_WRITE_DOCS=1 .venv/bin/python -m pytest -q tests/integration`; a test fails when "
+        "its section and its cases disagree).",
+        "",
+        "## Clips: what each broken upload produces",
+        "",
+        "From `tests/integration/test_bad_input.py`. Every object below was uploaded to the local stack's "
+        "bucket in one batch together with "
         f"{good} good clips (a gunshot each), and went through the real `classify` handler with "
         f"`MAX_CLIP_SECONDS={MAX_SECONDS}` and `MAX_CLIP_BYTES={MAX_BYTES}` (deployed defaults: 7200 s, 200 MB). "
         "The good clips were all processed and texted.",

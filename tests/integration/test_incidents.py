@@ -158,6 +158,8 @@ def test_reply_2_closes_as_false_alarm_and_labels_the_clips(stack: LocalStack, s
     site(store, "inc-d", [{"ranger_id": "tom", "phone": "+15005550204", "lang": "en"}])
     keys = [stack.upload(GUNSHOT, "inc-d", "rec-1", T0 + dt.timedelta(minutes=i))[0] for i in range(2)]
     stack.run_until_idle()
+    # a gunshot needs a second "2" (tests/integration/test_replies.py has the rule in full)
+    assert "reply 2 again within 10 min" in twiml_text(stack.sms_reply("+15005550204", "2"))
     answer = twiml_text(stack.sms_reply("+15005550204", "2"))
     (inc,) = incidents(store, "inc-d")
     assert f"Incident {inc['ref']} closed as a false alarm" in answer

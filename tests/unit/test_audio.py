@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 
 from sentinela.audio import AudioError, probe, read_mono, windows
-from tests.conftest import SR, encode, noise, tone
+from tests.conftest import SR, encode, noise, tone, unknown_length_flac
 
 WIN, HOP = 144000, 72000
 
@@ -142,3 +142,55 @@ def test_long_clip_is_read_in_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_read_mono_for_short_clips() -> None:
     x = read_mono(io.BytesIO(encode(np.stack([tone(1.0, sr=16000)] * 2, 1), 16000)), SR)
     assert x.shape == (SR,)
+
+
+def test_unknown_length_flac_is_decoded_to_its_end() -> None:
+    """STREAMINFO total_samples = 0 means "unknown" (FLAC written to a pipe): libsndfile reports 2**63-1
+    frames, which once read as a 192153584101141 s clip. It is streamed to its end instead."""
+    x = noise(7.25, amp=0.2, sr=16000)
+    w = windows(unknown_length_flac(encode(x, 16000, "FLAC")), sample_rate=SR, window=WIN, hop=HOP,
+                max_seconds=60)
+    assert not w.info.length_known
+    got = list(w)
+    assert w.info.length_known and w.info.frames == x.size and w.info.duration_s == 7.25
+    assert len(got) == len(_wins(encode(x, 16000, "FLAC")))  # the same windows as with its length known
+    assert w.stats.n == x.size
+
+
+def test_unknown_length_flac_is_capped_on_what_is_decoded() -> None:
+    data = unknown_length_flac(encode(noise(50.0, amp=0.2, sr=8000), 8000, "FLAC"))
+    with pytest.raises(AudioError, match=r"^clip is over the 40 s cap \(decoding stopped at \d+ s; the header "
+                                         r"gives no length\)$"):
+        list(windows(data, sample_rate=SR, window=WIN, hop=HOP, max_seconds=40))
+
+
+def test_unknown_length_flac_cut_short_is_rejected_with_where() -> None:
+    data = unknown_length_flac(encode(noise(5.0, amp=0.3), SR, "FLAC"))
+    with pytest.raises(AudioError, match=r"^corrupt audio data after \d\.\d s: flac decoder lost sync$"):
+        list(windows(data[: len(data) // 2], sample_rate=SR, window=WIN, hop=HOP))
+
+
+@pytest.mark.parametrize("rate,channels", [(8000, 1), (48000, 1), (48000, 2), (192000, 8), (655350, 8),
+                                           (655350, 1), (384000, 32)])
+def test_a_block_is_bounded_in_samples_whatever_the_rate_and_channels(rate: int, channels: int) -> None:
+    from sentinela.audio import BLOCK_SAMPLES, block_frames
+
+    frames = block_frames(rate, channels)
+    assert 0 < frames * channels <= BLOCK_SAMPLES
+    assert frames <= rate * 10  # and never more than 10 s
+
+
+def test_float_samples_far_beyond_full_scale_are_rejected_not_stored_as_inf() -> None:
+    x = noise(4.0)
+    x[SR : 2 * SR] = 1e30  # finite in float32; its square is not
+    with pytest.raises(AudioError, match=r"^48000 samples beyond \+/-1000 times full scale \(up to 1e\+30\) from "
+                                         r"1\.0 s: not audio the model can score$"):
+        list(windows(encode(x, SR, "WAV", "FLOAT"), sample_rate=SR, window=WIN, hop=HOP))
+
+
+def test_signal_stats_stay_finite_where_float32_squares_overflow() -> None:
+    from sentinela.audio import SignalStats
+
+    st = SignalStats()
+    st.update(np.full(1000, 1e30, np.float32))  # (1e30)**2 is inf in float32
+    assert np.isfinite(st.rms) and st.rms == pytest.approx(1e30, rel=1e-6)

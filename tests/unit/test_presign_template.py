@@ -35,7 +35,7 @@ def test_presign_role_grants_exactly_these(tpl: dict[str, Any]) -> None:
     assert st["DevicesAndRateCounters"]["Action"] == ["dynamodb:GetItem", "dynamodb:UpdateItem"]
     assert st["DevicesAndRateCounters"]["Resource"] == {"Fn::GetAtt": ["DataTable", "Arn"]}
     assert st["DevicesAndRateCounters"]["Condition"] == {
-        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["SITE#*"]}}
+        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["SITE#*", "AUTHFAIL#*"]}}
     # No reading audio, no tagging, no deleting, no other table or secret.
     actions = {a for s in st.values() for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])}
     assert not any(a.startswith(("s3:Get", "s3:Delete", "secretsmanager:", "sqs:")) for a in actions)

@@ -639,8 +639,13 @@ def test_sms_reply_behind_its_http_api_with_least_privilege(tpl: dict[str, Any],
     data = [{"Fn::GetAtt": ["DataTable", "Arn"]}, {"Fn::Sub": "${DataTable.Arn}/index/*"}]
     for action in ("GetItem", "UpdateItem", "Query"):
         assert _resources_for(translated, "SmsReplyRole", f"dynamodb:{action}") == data, action
-    for action in ("dynamodb:PutItem", "dynamodb:DeleteItem", "s3:GetObject", "sqs:SendMessage"):
+    for action in ("dynamodb:DeleteItem", "s3:GetObject", "sqs:SendMessage"):
         assert _resources_for(translated, "SmsReplyRole", action) == [], action
+    # it puts only reply claims (REPLY#<MessageSid>) and the co-ranger notes' SMS items (INC#<incident>)
+    assert _resources_for(translated, "SmsReplyRole", "dynamodb:PutItem") == [{"Fn::GetAtt": ["DataTable", "Arn"]}]
+    (put,) = [st for st in res(tpl, "SmsReplyRole")["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+              if st["Sid"] == "ReplyClaimsAndNotes"]
+    assert put["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["REPLY#*", "INC#*"]}}
     assert props(tpl, "SmsReplyLogGroup")["LogGroupName"] == {"Fn::Sub": "/aws/lambda/${AWS::StackName}-sms_reply"}
 
 
@@ -762,7 +767,10 @@ def test_silent_failures_are_alarmed_from_metrics_the_code_emits(tpl: dict[str, 
                if a.get("Namespace") == "Sentinela"}
     assert {("AlertsWithoutRanger", "notify"), ("SmsUndelivered", "sms_reply"),
             ("EscalationExhausted", "escalate")} <= emitted
-    src = "".join((REPO / "layers" / "core" / "sentinela" / f).read_text() for f in ("incidents.py", "silence.py"))
+    src = "".join((REPO / "layers" / "core" / "sentinela" / f).read_text()
+                  for f in ("incidents.py", "silence.py", "pipeline.py"))
+    src += (REPO / "functions" / "sms_reply" / "app.py").read_text()
+    assert {("ClipsFailed", "classify"), ("WebhookMisconfigured", "sms_reply")} <= emitted
     for metric, _ in emitted:
         assert f'"{metric}"' in src, metric  # an alarm on a metric nobody emits would never fire
     age = alarms["NotifyIteratorAgeAlarm"]
@@ -788,3 +796,24 @@ def test_safe_deploys_tags_and_budget(tpl: dict[str, Any], translated: dict[str,
     budget = res(tpl, "CostBudget")
     assert budget["Condition"] == "HasBudget" and budget["Type"] == "AWS::Budgets::Budget"
     assert "CostBudget" not in translated["Resources"] or translated["Resources"]["CostBudget"]["Condition"]
+
+
+def test_clip_caps_in_code_are_the_template_parameters(tpl: dict[str, Any]) -> None:
+    """One size cap: the code's defaults (used where no template sets the variables, e.g. the CLI) are the
+    template's parameter defaults, and every function that checks a cap receives the parameter itself."""
+    from sentinela.config import DEFAULT_MAX_CLIP_BYTES, DEFAULT_MAX_CLIP_SECONDS
+
+    assert tpl["Parameters"]["MaxClipBytes"]["Default"] == DEFAULT_MAX_CLIP_BYTES
+    assert tpl["Parameters"]["MaxClipSeconds"]["Default"] == DEFAULT_MAX_CLIP_SECONDS
+    for fn in ("ClassifyFunction", "PresignFunction"):
+        env = tpl["Resources"][fn]["Properties"]["Environment"]["Variables"]
+        assert env["MAX_CLIP_BYTES"] == {"Ref": "MaxClipBytes"}, fn
+    assert tpl["Resources"]["ClassifyFunction"]["Properties"]["Environment"]["Variables"][
+        "MAX_CLIP_SECONDS"] == {"Ref": "MaxClipSeconds"}
+
+
+def test_classify_knows_its_last_attempt(tpl: dict[str, Any]) -> None:
+    """The last attempt records a terminal clip status: it must know which attempt is the last."""
+    props = tpl["Resources"]["ClassifyFunction"]["Properties"]
+    retries = props["EventInvokeConfig"]["MaximumRetryAttempts"]
+    assert props["Environment"]["Variables"]["CLASSIFY_MAX_ATTEMPTS"] == str(retries + 1)

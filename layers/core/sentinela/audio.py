@@ -21,6 +21,14 @@ import soxr
 # soundfile reads these by content, whatever the file is called.
 _FORMAT_EXT = {"WAV": "wav", "WAVEX": "wav", "FLAC": "flac", "OGG": "ogg", "MP3": "mp3", "MPEG": "mp3"}
 BLOCK_SECONDS = 10.0
+# A block is at most this many samples (all channels together): 10 s of 48 kHz mono. Bounding seconds
+# alone let memory follow the rate and the channel count (8 channels at 655 kHz: 210 MB per block).
+BLOCK_SAMPLES = 480_000
+# libsndfile's answer for a stream whose header gives no length (FLAC STREAMINFO total_samples = 0, as
+# encoders writing to a pipe leave it): not a length, so the clip is decoded to its end.
+UNKNOWN_FRAMES = 2**63 - 1
+# Float samples beyond this are not audio the model can score (its spectrogram overflows float32).
+MAX_ABS_SAMPLE = 1000.0
 
 
 class AudioError(ValueError):
@@ -40,6 +48,8 @@ class AudioInfo:
     subtype: str
     # Frames the WAV header promises, when the file holds fewer (a recorder cut off mid-write).
     declared_frames: int | None = None
+    # False while a stream without a length in its header is being decoded (``frames`` is 0 until the end).
+    length_known: bool = True
 
     @property
     def truncated(self) -> bool:
@@ -65,9 +75,12 @@ class SignalStats:
     clipped: int = 0
 
     def update(self, x: np.ndarray) -> None:
+        # float64: the squares of float32 samples overflow float32 (1e20 squared is inf), and an infinite
+        # RMS must never reach the clip record.
+        x64 = x.astype(np.float64)
         self.n += x.size
-        self.total += float(x.sum(dtype=np.float64))
-        self.total_sq += float(np.dot(x, x))
+        self.total += float(x64.sum())
+        self.total_sq += float(np.dot(x64, x64))
         if x.size:
             a = np.abs(x)
             self.peak = max(self.peak, float(a.max()))
@@ -185,10 +198,16 @@ def probe(src: Source) -> AudioInfo:
 
 
 def _info(f: sf.SoundFile) -> AudioInfo:
+    known = int(f.frames) < UNKNOWN_FRAMES
     return AudioInfo(
-        sample_rate=int(f.samplerate), channels=int(f.channels), frames=int(f.frames),
-        format=str(f.format), subtype=str(f.subtype),
+        sample_rate=int(f.samplerate), channels=int(f.channels), frames=int(f.frames) if known else 0,
+        format=str(f.format), subtype=str(f.subtype), length_known=known,
     )
+
+
+def block_frames(sample_rate: int, channels: int) -> int:
+    """Frames per decoded block: 10 s, but never more than :data:`BLOCK_SAMPLES` samples in all."""
+    return max(1024 // max(channels, 1), min(int(sample_rate * BLOCK_SECONDS), BLOCK_SAMPLES // max(channels, 1)))
 
 
 def windows(
@@ -217,42 +236,72 @@ def windows(
     if info.sample_rate <= 0:
         f.close()
         raise AudioError("header gives no sample rate")
-    if info.frames == 0:
+    if info.frames == 0 and info.length_known:
         f.close()
         raise AudioError("no audio samples (zero-length clip)")
     if max_seconds is not None and info.duration_s > max_seconds:
         f.close()
         raise AudioError(f"clip is {info.duration_s:.0f} s long, over the {max_seconds:.0f} s cap")
     w = Windows(info=info, _it=iter(()))
-    w._it = _iter_windows(f, w.stats, sample_rate, window, hop)
+    w._it = _iter_windows(f, w, sample_rate, window, hop, max_seconds)
     return w
 
 
+def _read_block(f: sf.SoundFile, out: np.ndarray, pos: int) -> np.ndarray:
+    """Read up to ``len(out)`` frames into ``out``; the frames read. soundfile's own ``read`` seeks after
+    reading to keep its position, and seeking fails in a stream of unknown length, so for those the
+    decoder is called directly (soundfile's cffi binding: same library, no seek)."""
+    try:
+        if f.frames < UNKNOWN_FRAMES:
+            data = f.read(len(out), dtype="float32", always_2d=True, out=out)
+            return np.asarray(data)
+        got = int(sf._snd.sf_readf_float(f._file, sf._ffi.cast("float *", sf._ffi.from_buffer(out)), len(out)))
+    except sf.LibsndfileError as exc:
+        where = f.tell() if f.frames < UNKNOWN_FRAMES else pos  # libsndfile's position: where it broke
+        raise AudioError(f"corrupt audio data after {where / f.samplerate:.1f} s: {_libsndfile_reason(exc)}") from exc
+    if got < len(out) and sf._snd.sf_error(f._file):
+        reason = sf._ffi.string(sf._snd.sf_strerror(f._file)).decode("utf-8", "replace")
+        raise AudioError(f"corrupt audio data after {(pos + got) / f.samplerate:.1f} s: "
+                         f"{_libsndfile_reason(Exception(reason))}")
+    return out[:got]
+
+
 def _iter_windows(
-    f: sf.SoundFile, stats: SignalStats, sample_rate: int, window: int, hop: int
+    f: sf.SoundFile, w: Windows, sample_rate: int, window: int, hop: int, max_seconds: float | None
 ) -> Iterator[tuple[float, np.ndarray]]:
+    stats = w.stats
     resampler = None if f.samplerate == sample_rate else soxr.ResampleStream(
         f.samplerate, sample_rate, 1, dtype="float32", quality="HQ"
     )
-    block = max(1024, int(f.samplerate * BLOCK_SECONDS))
+    block = block_frames(f.samplerate, f.channels)
+    out_buf = np.empty((block, f.channels), dtype=np.float32)
+    cap = None if max_seconds is None else int(max_seconds * f.samplerate)
     buf = np.zeros(0, dtype=np.float32)
     emitted_until = 0  # output-sample index up to which windows have covered the signal
     start = 0  # output-sample index of buf[0]
+    pos = 0  # source frames decoded so far
     with f:
         done = False
         while not done:
-            try:
-                data = f.read(block, dtype="float32", always_2d=True)
-            except sf.LibsndfileError as exc:
-                raise AudioError(f"corrupt audio data after {f.tell() / f.samplerate:.1f} s: "
-                                 f"{_libsndfile_reason(exc)}") from exc
+            data = _read_block(f, out_buf, pos)
             done = len(data) < block
-            mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+            mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0].copy()
             if mono.size and not np.isfinite(mono).all():
                 nonfinite = ~np.isfinite(mono)
-                first = f.tell() - len(mono) + int(np.argmax(nonfinite))  # where, not the end of the block
+                first = pos + int(np.argmax(nonfinite))  # where, not the end of the block
                 raise AudioError(f"{int(np.count_nonzero(nonfinite))} non-finite samples (NaN/Inf) from "
                                  f"{first / f.samplerate:.1f} s")
+            if mono.size and float(np.abs(mono).max()) > MAX_ABS_SAMPLE:
+                big = np.abs(mono) > MAX_ABS_SAMPLE
+                first = pos + int(np.argmax(big))
+                raise AudioError(f"{int(np.count_nonzero(big))} samples beyond +/-{MAX_ABS_SAMPLE:g} times full "
+                                 f"scale (up to {float(np.abs(mono).max()):.3g}) from {first / f.samplerate:.1f} s: "
+                                 "not audio the model can score")
+            pos += len(data)
+            if cap is not None and pos > cap:
+                # The header promised no length (or less): the cap is enforced on what is decoded.
+                raise AudioError(f"clip is over the {max_seconds:.0f} s cap (decoding stopped at "
+                                 f"{pos / f.samplerate:.0f} s; the header gives no length)")
             stats.update(mono)
             out = mono if resampler is None else resampler.resample_chunk(mono, last=done)
             buf = np.concatenate((buf, out)) if buf.size else np.asarray(out, dtype=np.float32)
@@ -261,6 +310,10 @@ def _iter_windows(
                 emitted_until = start + window
                 buf = buf[hop:]
                 start += hop
+    if not w.info.length_known:
+        if pos == 0:
+            raise AudioError("no audio samples (zero-length clip)")
+        w.info = dataclasses.replace(w.info, frames=pos, length_known=True)
     # The tail: pad what no window has covered yet (and a clip shorter than one window) with silence.
     uncovered = start + buf.size - emitted_until
     if buf.size and (emitted_until == 0 or uncovered > 0):

@@ -46,7 +46,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .audio import AudioError
     from .card import CardError, load_card
     from .classify import classify_source
-    from .config import default_card_path
+    from .config import Settings, default_card_path
     from .model import Model, ModelError
 
     try:
@@ -61,7 +61,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
         try:
             if not path.is_file():
                 raise AudioError("no such file")
-            out = classify_source(path, model, batch_size=args.batch)
+            # The same duration cap as the deployed classify (MAX_CLIP_SECONDS, the template's default).
+            out = classify_source(path, model, batch_size=args.batch, max_seconds=Settings.from_env().max_clip_seconds)
         except AudioError as exc:
             _err(f"{name}: {exc.reason}")
             status = 2

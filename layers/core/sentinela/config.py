@@ -10,6 +10,13 @@ from pathlib import Path
 _REPO_CARD = Path(__file__).resolve().parents[3] / "models" / "card.json"
 
 
+# template.yaml's MaxClipBytes and MaxClipSeconds defaults, which reach every function as MAX_CLIP_BYTES and
+# MAX_CLIP_SECONDS; these apply only where no template set them (the CLI). tests/unit/test_template.py
+# checks that the two agree, so that code and template cannot drift apart again.
+DEFAULT_MAX_CLIP_BYTES = 200_000_000
+DEFAULT_MAX_CLIP_SECONDS = 7200
+
+
 def default_card_path() -> Path:
     env = os.environ.get("MODEL_CARD")
     if env:
@@ -40,8 +47,8 @@ class Settings:
             table_name=env.get("TABLE_NAME", "sentinela-data"),
             bucket=env.get("CLIPS_BUCKET"),
             idempotency_table=env.get("IDEMPOTENCY_TABLE"),
-            max_clip_bytes=int(env.get("MAX_CLIP_BYTES", str(200 * 1024 * 1024))),
-            max_clip_seconds=float(env.get("MAX_CLIP_SECONDS", "7200")),
+            max_clip_bytes=int(env.get("MAX_CLIP_BYTES", str(DEFAULT_MAX_CLIP_BYTES))),
+            max_clip_seconds=float(env.get("MAX_CLIP_SECONDS", str(DEFAULT_MAX_CLIP_SECONDS))),
             alert_threshold_override=override if override > 0 else None,
             twilio_secret=env.get("TWILIO_SECRET_ARN"),
             sms_from=env.get("SMS_FROM_NUMBER"),

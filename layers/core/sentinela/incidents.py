@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import unicodedata
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -27,7 +28,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .messages import render_alert, render_audio_link, render_escalation, render_reply, render_update
+from .messages import (
+    render_alert,
+    render_audio_link,
+    render_escalation,
+    render_note,
+    render_reply,
+    render_update,
+)
 from .metrics import MetricSink, NullMetrics
 from .notify import NotifyResult, RetryLater
 from .policy import ClassPolicy, Step, class_policy, evaluate, parse_time, policy_limit, span_start
@@ -44,6 +52,11 @@ FALSE_WORDS = {"2", "FALSA", "FALSE", "NO"}
 RESOLVE_WORDS = {"3", "FIN", "RESUELTO", "RESOLVED", "DONE"}
 NO_AUDIO_LINK = {"human_voice"}  # privacy: people's voices are never sent out as links
 UNDELIVERED = {"undelivered", "failed"}  # Twilio's final statuses for a text that never reached the phone
+# A "2" on these classes closes the incident only when the same ranger sends a second "2" within this
+# many seconds: a slip of the thumb must not silence a gunshot.
+FALSE_ALARM_CONFIRM_S = {"gunshot": 600}
+REPLY_MEMORY_S = 30 * 24 * 3600  # how long a MessageSid is remembered (Twilio retries within minutes)
+_REF = re.compile(r"^[0-9A-F]{6}$")
 
 
 def utcnow() -> datetime:
@@ -72,6 +85,13 @@ def reply_code(body: str) -> str | None:
     if first in RESOLVE_WORDS:
         return "resolved"
     return None
+
+
+def reply_ref(body: str) -> str | None:
+    """The incident a reply names: ``1 643830``, ``2 643830``, ``voy 643830`` -> "643830" (upper case)."""
+    text = unicodedata.normalize("NFKD", body).encode("ascii", "ignore").decode().upper()
+    words = "".join(c if c.isalnum() else " " for c in text).split()
+    return next((w for w in words[1:3] if _REF.match(w)), None)
 
 
 Send = Callable[[str, str, str | None], Any]
@@ -435,20 +455,78 @@ class IncidentService:
                 return inc
         return None
 
-    def reply(self, phone: str, body: str, now: datetime | None = None) -> str:
-        """A ranger's SMS reply -> the incident's new state; returns the text to answer with."""
+    def reply(self, phone: str, body: str, now: datetime | None = None, message_sid: str | None = None) -> str:
+        """A ranger's SMS reply -> the incident's new state; returns the text to answer with.
+
+        With Twilio's ``message_sid`` the reply acts at most once: a replayed or retried webhook (same
+        signed POST) gets the first answer again and changes nothing."""
         at = now or utcnow()
+        if not message_sid:
+            return self._reply(phone, body, at)
+        claim = {"from_masked": mask_phone(phone), "body": body.strip()[:160], "received_at": iso(at)}
+        if not self.store.claim_reply(message_sid, claim, int(at.timestamp()) + REPLY_MEMORY_S):
+            prior = self.store.get_reply(message_sid) or {}
+            self.metrics.add_metric("RepliesReplayed", "Count", 1)
+            log.warning("reply %s was already received (%s): not acted on again", message_sid,
+                        prior.get("received_at"))
+            rangers = self.store.rangers_by_phone(phone)
+            return str(prior.get("answer") or render_note(
+                "duplicate", str(rangers[0].get("lang", "es")) if rangers else "es"))
+        try:
+            answer = self._reply(phone, body, at)
+        except Exception:
+            self.store.release_reply(message_sid)
+            raise
+        self.store.finish_reply(message_sid, {"answer": answer, "answered_at": iso(utcnow()), "reply_status": "done"})
+        return answer
+
+    def _incident_by_ref(self, phone: str, ref: str) -> dict[str, Any] | None:
+        """The incident ``ref`` among those this number was texted about (a ranger names only their own)."""
+        for s in self.store.sends_to(phone, limit=200):
+            if str(s.get("ref", "")).upper() == ref and s.get("incident_id"):
+                return self.store.get_incident(str(s["incident_id"]))
+        return None
+
+    def _pending_false(self, phone: str, at: datetime) -> dict[str, Any] | None:
+        """An active incident on which this number's ranger asked for a false alarm, awaiting the second 2."""
+        seen: set[str] = set()
+        for s in self.store.sends_to(phone):
+            iid = str(s.get("incident_id") or "")
+            if not iid or iid in seen:
+                continue
+            seen.add(iid)
+            inc = self.store.get_incident(iid)
+            if inc and inc.get("state") in ACTIVE and inc.get("false_pending_phone") == phone \
+                    and self._pending_fresh(inc, at):
+                return inc
+        return None
+
+    @staticmethod
+    def _pending_fresh(inc: Mapping[str, Any], at: datetime) -> bool:
+        window = FALSE_ALARM_CONFIRM_S.get(str(inc.get("threat")))
+        pending = inc.get("false_pending_at")
+        return bool(window and pending and 0 <= (at - parse_time(str(pending))).total_seconds() <= window)
+
+    def _reply(self, phone: str, body: str, at: datetime) -> str:
         rangers = self.store.rangers_by_phone(phone)
         if not rangers:
             log.info("reply from an unknown number %s", mask_phone(phone))
             return render_reply("unknown_number", "es")
         lang = str(rangers[0].get("lang", "es"))
-        inc = self.latest_active_incident(phone)
-        if inc is None:
-            return render_reply("no_incident", lang)
+        code, named = reply_code(body), reply_ref(body)
+        if named:
+            inc = self._incident_by_ref(phone, named)
+            if inc is None:
+                return render_note("unknown_ref", lang, ref=named)
+        else:
+            inc = (self._pending_false(phone, at) if code == "false_alarm" else None) \
+                or self.latest_active_incident(phone)
+            if inc is None:
+                return render_reply("no_incident", lang)
         ranger = next((r for r in rangers if r.get("site_id") == inc["site_id"]), rangers[0])
         who, ref, iid = str(ranger["ranger_id"]), str(inc["ref"]), str(inc["incident_id"])
-        code = reply_code(body)
+        if inc["state"] in CLOSED:  # named, or closed meanwhile: nothing moves, and the ranger is told so
+            return render_note("closed", lang, ref=ref, state=str(inc["state"]))
         note = f"{iso(at)} reply from {who}: {body.strip()[:40]!r}"
         if code is None:
             self.store.update_incident(iid, {}, append_trace=[note + " -> help text"])
@@ -462,14 +540,29 @@ class IncidentService:
                                             remove=("gsi1pk", "gsi1sk"), expect={"state": "open"},
                                             append_trace=[note + " -> acknowledged"])
             if not ok:
-                return self.reply(phone, body, at)  # it changed meanwhile: answer from the new state
+                return self._answer_changed(iid, phone, body, at, lang)
             self.metrics.add_metric("IncidentsAcknowledged", "Count", 1)
+            self._tell_others(inc, ranger, phone, at)
             return render_reply("acknowledged", lang, ref=ref, name=str(ranger.get("name", who)))
+        expect: dict[str, Any] = {"state": ACTIVE}
+        if code == "false_alarm" and str(inc["threat"]) in FALSE_ALARM_CONFIRM_S:
+            window = FALSE_ALARM_CONFIRM_S[str(inc["threat"])]
+            if not (inc.get("false_pending_phone") == phone and self._pending_fresh(inc, at)):
+                # A slip of the thumb must not silence a gunshot: the first 2 only asks for a second one.
+                ok = self.store.update_incident(
+                    iid, {"false_pending_phone": phone, "false_pending_by": who, "false_pending_at": iso(at)},
+                    expect={"state": ACTIVE},
+                    append_trace=[note + f" -> false alarm asked: waiting for a second 2 within {window} s"])
+                if not ok:
+                    return self._answer_changed(iid, phone, body, at, lang)
+                return render_note("confirm_false", lang, ref=ref, threat=str(inc["threat"]),
+                                   minutes=round(window / 60))
+            expect["false_pending_at"] = inc["false_pending_at"]
         ok = self.store.update_incident(iid, {"state": code, "closed_by": who, "closed_at": iso(at)},
-                                        remove=("gsi1pk", "gsi1sk"), expect={"state": ACTIVE},
+                                        remove=("gsi1pk", "gsi1sk"), expect=expect,
                                         append_trace=[note + f" -> {code}"])
         if not ok:
-            return render_reply("no_incident", lang)
+            return self._answer_changed(iid, phone, body, at, lang)
         if code == "false_alarm":
             for m in self.store.incident_members(iid):
                 self.store.label_clip(str(m["clip_id"]), "false_alarm", who, iso(at), iid)
@@ -477,6 +570,33 @@ class IncidentService:
         else:
             self.metrics.add_metric("IncidentsResolved", "Count", 1)
         return render_reply(code, lang, ref=ref, name=str(ranger.get("name", who)))
+
+    def _answer_changed(self, iid: str, phone: str, body: str, at: datetime, lang: str) -> str:
+        """The incident changed between reading and writing it: answer from its new state."""
+        inc = self.store.get_incident(iid)
+        if inc is None or inc.get("state") in CLOSED:
+            return render_note("closed", lang, ref=str((inc or {}).get("ref", "")),
+                               state=str((inc or {}).get("state", "")))
+        return self._reply(phone, body, at)
+
+    def _tell_others(self, inc: Mapping[str, Any], ranger: Mapping[str, Any], phone: str, at: datetime) -> None:
+        """One short note to every other ranger texted about the incident: someone is on the way."""
+        iid = str(inc["incident_id"])
+        texted = {str(s["ranger_id"]) for s in self.store.sends(f"INC#{iid}")
+                  if s.get("status") == "sent" and s.get("step") not in ("audio", "ack_note")}
+        by_id = {str(r["ranger_id"]): r for r in self._rangers(str(inc["site_id"]))}
+        res = NotifyResult()
+        for rid in sorted(texted - {str(ranger["ranger_id"])}):
+            r = by_id.get(rid)
+            if r is None or r.get("number_invalid") or r.get("phone") == phone:
+                continue
+            body = render_note("ack_note", str(r.get("lang", "es")), ref=str(inc["ref"]),
+                               name=str(ranger.get("name", ranger["ranger_id"])))
+            self._text(inc, r, "ack_note", body, res)
+        if res.sent or res.failed:
+            self.store.update_incident(iid, {}, append_trace=[
+                f"{iso(at)} told {len(res.sent)} other ranger(s) that {ranger['ranger_id']} is on the way"
+                + (f"; {len(res.failed)} note(s) failed" if res.failed else "")])
 
     def delivery_status(self, params: Mapping[str, str]) -> bool:
         """Twilio's status callback (our query names the SMS item) -> its delivery status."""

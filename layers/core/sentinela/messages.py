@@ -211,3 +211,34 @@ def render_audio_link(ref: str, url: str, lang: str, minutes: int = 60) -> str:
     """Its own message: a presigned URL runs to hundreds of characters (over a thousand with the session
     token of a Lambda role), more than the alert's two-segment budget. It is plain ASCII (GSM-7)."""
     return AUDIO_TEMPLATES[_lang(lang)].format(ref=ref, url=url, minutes=minutes)
+
+
+# --- replies that name an incident, co-ranger notes, the second "2" (sentinela.incidents.reply) --------
+NOTE_TEMPLATES = {
+    "es": {
+        "ack_note": "SENTINELA {ref}: {name} va en camino.",
+        "confirm_false": "Incidente {ref} es un {threat}: para cerrarlo como falsa alarma responda 2 otra vez "
+                         "antes de {minutes} min.",
+        "closed": "Incidente {ref} ya esta cerrado ({state}): su respuesta no cambia nada.",
+        "unknown_ref": "Sentinela: no hay un incidente {ref} para este numero.",
+        "duplicate": "Sentinela: esta respuesta ya fue recibida.",
+    },
+    "en": {
+        "ack_note": "SENTINELA {ref}: {name} is on the way.",
+        "confirm_false": "Incident {ref} is a {threat}: to close it as a false alarm reply 2 again within "
+                         "{minutes} min.",
+        "closed": "Incident {ref} is already closed ({state}): your reply changes nothing.",
+        "unknown_ref": "Sentinela: no incident {ref} for this number.",
+        "duplicate": "Sentinela: this reply was already received.",
+    },
+}
+STATE_WORDS = {"es": {"resolved": "resuelto", "false_alarm": "falsa alarma"},
+               "en": {"resolved": "resolved", "false_alarm": "false alarm"}}
+
+
+def render_note(kind: str, lang: str, ref: str = "", name: str = "", threat: str = "", state: str = "",
+                minutes: int = 0) -> str:
+    lang = _lang(lang)
+    return gsm_safe(NOTE_TEMPLATES[lang][kind].format(
+        ref=ref, name=name.split(" ")[0] or "?", minutes=minutes,
+        threat=THREAT_WORDS[lang].get(threat, threat.upper()), state=STATE_WORDS[lang].get(state, state)))

@@ -1,15 +1,20 @@
 """One S3 object through classify: key check, size check, decode, model, DynamoDB, object tags.
 
 Every way a clip can fail ends as a clip record with a status and a reason, and a tag on the object,
-which stays in the bucket. Transient cloud errors raise, so that the platform retries and, past the
-retry limit, dead-letters the event.
+which stays in the bucket. Anything unexpected (a cloud error, a bug) raises, so that the platform
+retries; the last attempt (``max_attempts``: 1 + the template's MaximumRetryAttempts) first records the
+clip ``failed`` with the error and tags it, then raises so that the event is dead-lettered for replay.
+No clip is left ``processing``, unless even that record cannot be written (then the dead letter is it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +25,7 @@ from .classify import classify_source
 from .keys import BadKey, decode_event_key, parse_key
 from .metrics import MetricSink, NullMetrics, add_dimensioned_metric
 from .model import Model
+from .sms import mask_numbers
 from .store import ClipRef, Store, clip_id_for, now_iso
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
@@ -30,7 +36,7 @@ QUALITY_FLAGS = ("silent", "dc_offset", "clipped", "truncated", "no_audible_band
 @dataclass
 class Outcome:
     clip_id: str
-    status: str  # processed | rejected | missing
+    status: str  # processed | rejected | missing (failed: recorded, then raised)
     reason: str | None = None
     alerts: list[str] = field(default_factory=list)
     detections: int = 0
@@ -40,14 +46,25 @@ class Outcome:
     decisions: list[dict[str, Any]] = field(default_factory=list)
 
 
+# How long before the time limit the last attempt records the clip failed (a timeout runs no handler).
+TIMEOUT_MARGIN_S = 10.0
+
+
 class ClassifyService:
     def __init__(self, store: Store, s3: Any, model: Model, *, max_bytes: int, max_seconds: float,
-                 batch_size: int = 8, metrics: MetricSink | None = None) -> None:
+                 batch_size: int = 8, metrics: MetricSink | None = None, max_attempts: int = 3) -> None:
         self.store, self.s3, self.model = store, s3, model
         self.max_bytes, self.max_seconds, self.batch_size = max_bytes, max_seconds, batch_size
         self.metrics: MetricSink = metrics or NullMetrics()
+        self.max_attempts = max_attempts
+        # The watchdog's "failed" and the attempt's own final record and tag never interleave.
+        self._final = threading.Lock()
+        self._started = time.monotonic()
 
-    def handle(self, bucket: str, raw_key: str, version_id: str | None, size: int | None) -> Outcome:
+    def handle(self, bucket: str, raw_key: str, version_id: str | None, size: int | None,
+               remaining_s: Callable[[], float] | None = None) -> Outcome:
+        """``remaining_s``: seconds left before the platform stops the invocation (Lambda's context)."""
+        self._started = time.monotonic()
         key = decode_event_key(raw_key)
         clip_id = clip_id_for(key, version_id)
         self.metrics.add_metric("ClipsReceived", "Count", 1)
@@ -60,9 +77,58 @@ class ClassifyService:
         self._seen(ck.site_id, ck.device_id, key)
         if size is not None and size > self.max_bytes:
             return self._reject(ref, f"object is {size / 1e6:.1f} MB, over the {self.max_bytes / 1e6:.0f} MB cap")
-        self.store.mark_processing(ref, now_iso())
+        attempt = self.store.mark_processing(ref, now_iso())
+        watchdog = self._watchdog(ref, attempt, remaining_s)
+        try:
+            return self._classify(ref, ck.ext, version_id, attempt)
+        except Exception as exc:
+            error = mask_numbers(f"{type(exc).__name__}: {exc}")[:300]
+            if attempt < self.max_attempts:
+                self._note(ref, error, attempt)
+                raise
+            reason = f"failed after {attempt} attempt(s): {error}"
+            with self._final:
+                try:
+                    self.store.mark_rejected(ref, reason, {"status": "failed", "attempts": attempt})
+                except ClientError:  # DynamoDB is what fails: the dead letter (and the tag) carry the reason
+                    self.metrics.add_metric("ClipStatusUnrecorded", "Count", 1)
+                self._tag(ref, "failed", reason)
+            self.metrics.add_metric("ClipsFailed", "Count", 1)
+            raise  # still an error: the event goes to ClassifyDLQ, from where it can be replayed
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+
+    def _watchdog(self, ref: ClipRef, attempt: int, remaining_s: Callable[[], float] | None) -> threading.Timer | None:
+        """On the last attempt, a timer that records the clip ``failed`` shortly before the time limit: a
+        timeout stops the process and no ``except`` runs. Conditional on the clip still being
+        ``processing``, so a clip that finishes meanwhile is recorded ``processed`` all the same."""
+        if attempt < self.max_attempts or remaining_s is None:
+            return None
+        left = remaining_s()
+        limit = left + (time.monotonic() - self._started)
+
+        def mark() -> None:
+            reason = (f"failed after {attempt} attempt(s): still running {TIMEOUT_MARGIN_S:g} s before the "
+                      f"invocation's time limit (about {limit:.0f} s); a longer clip needs a longer Timeout")
+            with self._final, contextlib.suppress(ClientError):  # else the dead letter carries the event
+                if self.store.mark_failed_if_processing(ref, reason, attempt):
+                    self._tag(ref, "failed", reason)
+                    self.metrics.add_metric("ClipsFailed", "Count", 1)
+
+        timer = threading.Timer(max(left - TIMEOUT_MARGIN_S, 0.0), mark)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+    def _note(self, ref: ClipRef, error: str, attempt: int) -> None:
+        with contextlib.suppress(ClientError):  # the retry matters more than the note
+            self.store.note_clip_error(ref.clip_id, error, attempt)
+
+    def _classify(self, ref: ClipRef, key_ext: str, version_id: str | None, attempt: int) -> Outcome:
+        bucket, key, clip_id = ref.bucket, ref.key, ref.clip_id
         t0 = time.perf_counter()
-        with tempfile.NamedTemporaryFile(prefix="clip-", suffix="." + ck.ext) as tmp:
+        with tempfile.NamedTemporaryFile(prefix="clip-", suffix="." + key_ext) as tmp:
             try:
                 extra = {"VersionId": version_id} if version_id and version_id != "null" else {}
                 self.s3.download_fileobj(bucket, key, tmp, ExtraArgs=extra or None)
@@ -90,19 +156,21 @@ class ClassifyService:
                       "alerting_windows": d.alerting_windows, "threshold": d.threshold, "reason": d.reason}
                      for d in out.result.decisions]
         notes = list(out.flags)
-        if out.info.ext != ck.ext:
+        if out.info.ext != key_ext:
             notes.append(f"content_is_{out.info.ext}")
-        self.store.mark_processed(ref, {
-            "duration_s": out.info.duration_s, "sample_rate": out.info.sample_rate,
-            "channels": out.info.channels, "format": out.info.format, "subtype": out.info.subtype,
-            "model_id": card.model_id, "windows": out.result.windows, "detections": n,
-            "threat_detections": sum(1 for d in out.result.detections if d.threat),
-            "max_scores": out.result.max_scores, "alerts": alerts, "flags": notes,
-            "decisions": decisions,
-            "peak": out.peak, "rms": out.rms, "processing_ms": round((time.perf_counter() - t0) * 1000),
-        })
-        quality = [f for f in notes if f in QUALITY_FLAGS]
-        self._tag(ref, "processed", None, voice="human_voice" in alerts, quality=quality)
+        with self._final:
+            self.store.mark_processed(ref, {
+                "duration_s": out.info.duration_s, "sample_rate": out.info.sample_rate,
+                "channels": out.info.channels, "format": out.info.format, "subtype": out.info.subtype,
+                "model_id": card.model_id, "windows": out.result.windows, "detections": n,
+                "threat_detections": sum(1 for d in out.result.detections if d.threat),
+                "max_scores": out.result.max_scores, "alerts": alerts, "flags": notes,
+                "decisions": decisions,
+                "peak": out.peak, "rms": out.rms, "processing_ms": round((time.perf_counter() - t0) * 1000),
+                "attempts": attempt,
+            })
+            quality = [f for f in notes if f in QUALITY_FLAGS]
+            self._tag(ref, "processed", None, voice="human_voice" in alerts, quality=quality)
         for flag in quality:
             self.metrics.add_metric(f"ClipQuality_{flag}", "Count", 1)
         self.metrics.add_metric("ClipsProcessed", "Count", 1)

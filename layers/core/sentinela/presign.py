@@ -17,7 +17,9 @@ The role that signs can only s3:PutObject under clips/, so the policy can never 
 
 Refusals carry a reason and a code (a metric ``UploadRefused_<code>``): 400 bad request (malformed,
 format not allowed, time in the future, too large), 401 unknown device or wrong secret, 403 revoked,
-409 a different recording already exists under that key, 429 too many requests this minute.
+409 a different recording already exists under that key, 429 too many requests this minute, or too
+many failed attempts (per device id and per source address, in fixed windows) before the secret is
+even checked.
 A clip that already exists with the same MD5 (the object's ETag) is answered 200 ``{"duplicate": true}``
 so the recorder does not send it again.
 """
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from .devices import verify_secret
+from .devices import SCRYPT_N, SCRYPT_P, SCRYPT_R, verify_secret
 from .keys import AUDIO_EXTENSIONS, TIMESTAMP_FORMAT, BadKey, make_key
 from .metrics import MetricSink, NullMetrics
 from .store import Store
@@ -69,41 +71,69 @@ def parse_recorded_at(value: Any) -> datetime:
             raise Refused(400, "bad_time", f"recorded_at {value!r} is not a time (YYYYMMDDTHHMMSSZ)") from None
         if when.tzinfo is None:
             raise Refused(400, "bad_time", f"recorded_at {value!r} has no time zone (end it with Z)") from None
-    return when.astimezone(UTC).replace(microsecond=0)
+    try:
+        return when.astimezone(UTC).replace(microsecond=0)
+    except OverflowError:  # 9999-12-31T23:59:59-14:00 is past the last representable UTC time
+        raise Refused(400, "bad_time", f"recorded_at {value[:40]!r} is out of range") from None
+
+
+# What an unknown device is checked against, so that it costs the same scrypt as a known one: the hash of
+# a random secret that was thrown away (no secret matches it), with the parameters devices are given.
+_DUMMY_HASH = {"kdf": "scrypt", "kdf_n": SCRYPT_N, "kdf_r": SCRYPT_R, "kdf_p": SCRYPT_P,
+               "salt": "uuxp2kStRM0dVAtdYtDTzw==", "secret_hash": "vdaFZNEaoJD8x/OlfJqp6qUzPH991C5m+bo2cqYdD+Y="}
 
 
 class PresignService:
     def __init__(self, store: Store, s3: Any, bucket: str, *, max_bytes: int, ttl_s: int = 600,
                  skew_s: int = 300, per_minute: int = 30, metrics: MetricSink | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, failures_per_device: int = 10,
+                 failures_per_ip: int = 20, failure_window_s: int = 600) -> None:
         self.store, self.s3, self.bucket = store, s3, bucket
         self.max_bytes, self.ttl_s, self.skew_s, self.per_minute = max_bytes, ttl_s, skew_s, per_minute
+        self.failures_per_device, self.failures_per_ip = failures_per_device, failures_per_ip
+        self.failure_window_s = failure_window_s
         self.metrics: MetricSink = metrics or NullMetrics()
         self.clock = clock
 
-    def handle(self, payload: Any) -> PresignAnswer:
+    def handle(self, payload: Any, source_ip: str | None = None) -> PresignAnswer:
         try:
-            answer = self._handle(payload)
+            answer = self._handle(payload, source_ip or "unknown")
         except Refused as r:
             self.metrics.add_metric(f"UploadRefused_{r.code}", "Count", 1)
             return PresignAnswer(r.status, {"error": r.code, "reason": r.reason}, r.headers)
         self.metrics.add_metric("UploadDuplicate" if answer.body.get("duplicate") else "UploadPresigned", "Count", 1)
         return answer
 
-    def _handle(self, payload: Any) -> PresignAnswer:
+    def _handle(self, payload: Any, source_ip: str) -> PresignAnswer:
         if not isinstance(payload, Mapping):
             raise Refused(400, "bad_request", "the body must be a JSON object")
         site, device, secret = payload.get("site"), payload.get("device"), payload.get("secret")
         if not all(isinstance(v, str) and v for v in (site, device, secret)):
             raise Refused(400, "bad_request", "site, device and secret are required strings")
         assert isinstance(site, str) and isinstance(device, str) and isinstance(secret, str)
-        item = self.store.get_device(site, device) if len(site) <= 64 and len(device) <= 64 else None
-        # Unknown device and wrong secret read the same, so the endpoint does not tell which ids exist.
-        if item is None or not verify_secret(secret, item):
+        if len(site) > 64 or len(device) > 64 or len(secret) > 256:
+            raise Refused(400, "bad_request", "site and device are at most 64 characters, the secret 256")
+        now = self.clock()
+        window = int(now // self.failure_window_s)
+        counters = [(f"AUTHFAIL#{site}/{device}", str(window), self.failures_per_device, f"device {device}"),
+                    (f"AUTHFAIL#ip/{source_ip}", str(window), self.failures_per_ip, "this address")]
+        for pk, sk, limit, who in counters:
+            if self.store.auth_failures(pk, sk) >= limit:
+                retry = self.failure_window_s - int(now) % self.failure_window_s
+                raise Refused(429, "rate_limited", f"too many failed attempts for {who}; retry in {retry} s",
+                              {"Retry-After": str(retry)})
+        item = self.store.get_device(site, device)
+        # Unknown device and wrong secret read the same and cost the same (an unknown device is checked
+        # against a dummy hash), so neither the answer nor its timing tells which ids exist.
+        ok = verify_secret(secret, item if item is not None else _DUMMY_HASH)
+        if item is None or not ok:
+            expires = (window + 2) * self.failure_window_s
+            for pk, sk, _, _ in counters:
+                self.store.add_auth_failure(pk, sk, expires)
+            self.metrics.add_metric("UploadAuthFailed", "Count", 1)
             raise Refused(401, "unauthorized", "unknown device or wrong secret")
         if item.get("status") != "active":
             raise Refused(403, "revoked", f"device {device} at {site} is revoked; ask for a new secret")
-        now = self.clock()
         minute = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M")
         if not self.store.count_upload_request(site, device, minute, self.per_minute, int(now) + 120):
             retry = 60 - int(now) % 60

@@ -54,20 +54,20 @@ def classify_service(metrics: MetricSink | None = None) -> ClassifyService:
     from .pipeline import ClassifyService
 
     s = settings()
+    import os
+
+    # 1 + EventInvokeConfig.MaximumRetryAttempts in template.yaml: the last attempt records a terminal status.
     return ClassifyService(store(), s3(), model(), max_bytes=s.max_clip_bytes, max_seconds=s.max_clip_seconds,
-                           batch_size=s.batch_size, metrics=metrics)
+                           batch_size=s.batch_size, metrics=metrics,
+                           max_attempts=int(os.environ.get("CLASSIFY_MAX_ATTEMPTS", "3")))
 
 
 @functools.cache
 def _gateway() -> SmsGateway:
-    from aws_lambda_powertools.utilities import parameters
-
     from .sms import SmsGateway
 
     s = settings()
-    if not s.twilio_secret:
-        raise RuntimeError("TWILIO_SECRET_ARN is not set")
-    secret: Any = parameters.get_secret(s.twilio_secret, transform="json", max_age=300)
+    secret = twilio_secret()
     from_number = s.sms_from or secret.get("from_number")
     if not from_number:
         raise RuntimeError("no sender number: set SMS_FROM_NUMBER or from_number in the Twilio secret")
@@ -117,20 +117,39 @@ def incident_service(metrics: MetricSink | None = None) -> IncidentService:
     return IncidentService(store(), notifier._send, metrics=metrics, status_callback=opts["status_callback"])
 
 
-def twilio_auth_token() -> str:
-    """For X-Twilio-Signature: the auth token from the Twilio secret (cached by Powertools)."""
+class TwilioSecretError(RuntimeError):
+    """The Twilio secret is missing, unreadable or has no auth token: a deployment problem ops must fix.
+    Webhooks are refused (never accepted unchecked) until it is."""
+
+
+def twilio_secret() -> dict[str, Any]:
+    """The Twilio secret (cached by Powertools for 5 minutes). Refuses one without an auth token: with an
+    empty token, a signature computed with an empty key would validate, i.e. anyone could sign."""
     from aws_lambda_powertools.utilities import parameters
 
     s = settings()
     if not s.twilio_secret:
-        raise RuntimeError("TWILIO_SECRET_ARN is not set")
-    secret: Any = parameters.get_secret(s.twilio_secret, transform="json", max_age=300)
-    return str(secret["auth_token"])
+        raise TwilioSecretError("TWILIO_SECRET_ARN is not set")
+    try:
+        secret: Any = parameters.get_secret(s.twilio_secret, transform="json", max_age=300)
+    except Exception as exc:  # unreadable or not JSON: the same fix (put a valid secret value)
+        raise TwilioSecretError(f"the Twilio secret could not be read: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(secret, dict) or not isinstance(secret.get("auth_token"), str) \
+            or not secret["auth_token"].strip():
+        raise TwilioSecretError("the Twilio secret has no auth_token (missing or empty): set it with "
+                                "`aws secretsmanager put-secret-value` (README, Deploying)")
+    return secret
+
+
+def twilio_auth_token() -> str:
+    """For X-Twilio-Signature: the auth token from the Twilio secret; :class:`TwilioSecretError` if none."""
+    return str(twilio_secret()["auth_token"])
 
 
 # --- presign (recorder uploads) -----------------------------------------------------------------
 def presign_service(metrics: MetricSink | None = None) -> PresignService:
-    """UPLOAD_URL_TTL_S (default 600), UPLOAD_CLOCK_SKEW_S (300), UPLOAD_RATE_PER_MINUTE (30)."""
+    """UPLOAD_URL_TTL_S (default 600), UPLOAD_CLOCK_SKEW_S (300), UPLOAD_RATE_PER_MINUTE (30); failed
+    attempts: UPLOAD_FAILED_ATTEMPTS_PER_DEVICE (10) and _PER_IP (20) per UPLOAD_FAILED_ATTEMPTS_WINDOW_S (600)."""
     import os
 
     from .presign import PresignService
@@ -142,7 +161,10 @@ def presign_service(metrics: MetricSink | None = None) -> PresignService:
     return PresignService(store(), s3(), s.bucket, max_bytes=s.max_clip_bytes,
                           ttl_s=int(env.get("UPLOAD_URL_TTL_S", "600")),
                           skew_s=int(env.get("UPLOAD_CLOCK_SKEW_S", "300")),
-                          per_minute=int(env.get("UPLOAD_RATE_PER_MINUTE", "30")), metrics=metrics)
+                          per_minute=int(env.get("UPLOAD_RATE_PER_MINUTE", "30")), metrics=metrics,
+                          failures_per_device=int(env.get("UPLOAD_FAILED_ATTEMPTS_PER_DEVICE", "10")),
+                          failures_per_ip=int(env.get("UPLOAD_FAILED_ATTEMPTS_PER_IP", "20")),
+                          failure_window_s=int(env.get("UPLOAD_FAILED_ATTEMPTS_WINDOW_S", "600")))
 
 
 # --- silence alarm (sentinela.silence) -------------------------------------------------------------

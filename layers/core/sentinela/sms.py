@@ -124,7 +124,7 @@ def valid_signature(auth_token: str, url: str, params: dict[str, str], signature
     POSTed form fields; anything else (a forged or replayed-elsewhere request) fails here."""
     from twilio.request_validator import RequestValidator
 
-    if not signature:
+    if not signature or not auth_token:  # an empty key signs for anyone
         return False
     return bool(RequestValidator(auth_token).validate(url, params, signature))
 

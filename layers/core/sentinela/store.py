@@ -4,6 +4,7 @@ sites, rangers and sent messages; the item shapes are documented in README ("Dat
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -24,11 +25,14 @@ def now_iso() -> str:
 
 
 def to_ddb(value: Any) -> Any:
-    """DynamoDB wants Decimal, not float; round so that stored figures stay readable."""
+    """DynamoDB wants Decimal, not float; round so that stored figures stay readable. NaN and infinity are
+    not numbers DynamoDB stores (the whole write would fail, and with it the clip's record): they become
+    None, which a mapping drops."""
     if isinstance(value, float):
-        return Decimal(str(round(value, 4)))
+        return Decimal(str(round(value, 4))) if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {k: to_ddb(v) for k, v in value.items() if v is not None}
+        converted = {k: to_ddb(v) for k, v in value.items()}
+        return {k: v for k, v in converted.items() if v is not None}
     if isinstance(value, list | tuple):
         return [to_ddb(v) for v in value]
     return value
@@ -92,9 +96,35 @@ class Store:
             item["gsi1sk"] = f"CLIP#{now_iso()}#{ref.clip_id}"
         return item
 
-    def mark_processing(self, ref: ClipRef, received_at: str) -> None:
-        item = self._clip_base(ref) | {"status": "processing", "received_at": received_at, "updated_at": now_iso()}
-        self.table.put_item(Item=to_ddb(item))
+    def mark_processing(self, ref: ClipRef, received_at: str) -> int:
+        """The clip is being processed; returns which attempt this is (1, 2, ... across retries and
+        replays), so that the last one can leave a terminal status instead of ``processing``."""
+        item = to_ddb(self._clip_base(ref) | {"status": "processing", "received_at": received_at,
+                                              "updated_at": now_iso()})
+        key = {"pk": item.pop("pk"), "sk": item.pop("sk")}
+        names = {f"#a{i}": k for i, k in enumerate(item)}
+        values = {f":a{i}": v for i, v in enumerate(item.values())}
+        sets = ", ".join(f"#a{i} = :a{i}" for i in range(len(item)))
+        res = self.table.update_item(
+            Key=key, UpdateExpression=f"SET {sets} REMOVE reason ADD attempts :one",
+            ExpressionAttributeNames=names, ExpressionAttributeValues=values | {":one": 1},
+            ReturnValues="UPDATED_NEW")
+        return int(res.get("Attributes", {}).get("attempts", 1))
+
+    def mark_failed_if_processing(self, ref: ClipRef, reason: str, attempts: int) -> bool:
+        """``failed`` with the reason, unless the clip left ``processing`` meanwhile (then False)."""
+        return conditional(
+            self.table.update_item, Key={"pk": f"CLIP#{ref.clip_id}", "sk": "CLIP"},
+            UpdateExpression="SET #s = :failed, reason = :r, attempts = :n, updated_at = :u",
+            ConditionExpression="#s = :processing", ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={":failed": "failed", ":r": reason, ":n": attempts, ":u": now_iso(),
+                                       ":processing": "processing"})
+
+    def note_clip_error(self, clip_id: str, error: str, attempt: int) -> None:
+        """An attempt failed and will be retried: the error is on the record meanwhile."""
+        self.table.update_item(Key={"pk": f"CLIP#{clip_id}", "sk": "CLIP"},
+                               UpdateExpression="SET last_error = :e, last_error_attempt = :n, updated_at = :u",
+                               ExpressionAttributeValues={":e": error, ":n": attempt, ":u": now_iso()})
 
     def mark_rejected(self, ref: ClipRef, reason: str, extra: Mapping[str, Any] | None = None) -> None:
         item = self._clip_base(ref) | {"status": "rejected", "reason": reason, "updated_at": now_iso()}
@@ -266,6 +296,18 @@ class Store:
             ExpressionAttributeNames={"#t": "type"},
             ExpressionAttributeValues={":one": 1, ":limit": limit, ":type": "upload_rate", ":exp": expires_at},
         )
+
+    # Failed presign attempts, ``AUTHFAIL#<site>/<device>`` and ``AUTHFAIL#ip/<address>`` / ``<window>``
+    # (TTL expires_at): counted whether or not the device exists, so the limit cannot tell either.
+    def auth_failures(self, pk: str, window: str) -> int:
+        item = self.table.get_item(Key={"pk": pk, "sk": window}, ConsistentRead=True).get("Item")
+        return int(item.get("n", 0)) if item else 0
+
+    def add_auth_failure(self, pk: str, window: str, expires_at: int) -> None:
+        self.table.update_item(Key={"pk": pk, "sk": window},
+                               UpdateExpression="ADD n :one SET #t = :type, expires_at = :exp",
+                               ExpressionAttributeNames={"#t": "type"},
+                               ExpressionAttributeValues={":one": 1, ":type": "auth_failures", ":exp": expires_at})
 
     # --- device last-seen and silence episodes (issue 6: silence is an alarm; sentinela.silence) -------
     # ``SITE#<site>`` / ``SEEN#<device>``, type "device_seen": last_upload_at (when classify received the
@@ -521,6 +563,34 @@ class Store:
                                UpdateExpression="SET #l = :l, label_by = :b, label_at = :a, label_incident = :i",
                                ConditionExpression="attribute_exists(pk)", ExpressionAttributeNames={"#l": "label"},
                                ExpressionAttributeValues={":l": label, ":b": by, ":a": at, ":i": incident_id})
+
+    # Inbound SMS replies, one item per Twilio MessageSid (``REPLY#<sid>`` / ``REPLY``, TTL expires_at):
+    # the claim that lets a reply act at most once, and the answer it got (a replay gets the same one).
+    def claim_reply(self, message_sid: str, record: Mapping[str, Any], expires_at: int) -> bool:
+        return conditional(
+            self.table.put_item,
+            Item=to_ddb(dict(record) | {"pk": f"REPLY#{message_sid}", "sk": "REPLY", "type": "sms_reply",
+                                        "message_sid": message_sid, "expires_at": expires_at,
+                                        "reply_status": "claimed", "created_at": now_iso()}),
+            ConditionExpression="attribute_not_exists(pk) OR reply_status = :released",
+            ExpressionAttributeValues={":released": "released"},
+        )
+
+    def get_reply(self, message_sid: str) -> dict[str, Any] | None:
+        item = self.table.get_item(Key={"pk": f"REPLY#{message_sid}", "sk": "REPLY"}, ConsistentRead=True).get("Item")
+        return from_ddb(item) if item else None
+
+    def finish_reply(self, message_sid: str, fields: Mapping[str, Any]) -> None:
+        names = {f"#{k}": k for k in fields}
+        values = {f":{k}": to_ddb(v) for k, v in fields.items()}
+        self.table.update_item(Key={"pk": f"REPLY#{message_sid}", "sk": "REPLY"},
+                               UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in fields),
+                               ExpressionAttributeNames=names, ExpressionAttributeValues=values)
+
+    def release_reply(self, message_sid: str) -> None:
+        """Give a claim back when acting on the reply failed, so that Twilio's retry can act (an update,
+        not a delete: the function is not allowed to delete)."""
+        self.finish_reply(message_sid, {"reply_status": "released"})
 
     def list_incidents(self) -> list[dict[str, Any]]:
         """Every incident (a scan: for the demo and small tables, not for a hot path)."""

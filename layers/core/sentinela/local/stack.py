@@ -231,8 +231,15 @@ class LocalStack:
             "CLIPS_BUCKET": self.names["ClipsBucket"], "TWILIO_SECRET_ARN": self.names["TwilioSecret"],
             "SMS_FROM_NUMBER": self.sms_from, "TWILIO_API_BASE": self.twilio.url,
             "OPS_TOPIC_ARN": self.names["OpsTopic"],
-            # presign: a deployed stack takes these from template.yaml; here they are its defaults.
+            # presign: a deployed stack takes these from template.yaml; here they are its defaults, except
+            # that every local caller is 127.0.0.1 (one address for all the tests' failed attempts).
             "UPLOAD_URL_TTL_S": "600", "UPLOAD_CLOCK_SKEW_S": "300", "UPLOAD_RATE_PER_MINUTE": "600",
+            "UPLOAD_FAILED_ATTEMPTS_PER_DEVICE": "10", "UPLOAD_FAILED_ATTEMPTS_PER_IP": "1000",
+            "UPLOAD_FAILED_ATTEMPTS_WINDOW_S": "600",
+            # The caps from the template's parameters, as the deployed functions receive them.
+            "MAX_CLIP_BYTES": str(self.tpl["Parameters"]["MaxClipBytes"]["Default"]),
+            "MAX_CLIP_SECONDS": str(self.tpl["Parameters"]["MaxClipSeconds"]["Default"]),
+            "CLASSIFY_MAX_ATTEMPTS": str(self._classify_retries() + 1),
         }
         if self.card:
             env["MODEL_CARD"] = str(self.card)
