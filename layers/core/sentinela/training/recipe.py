@@ -55,10 +55,11 @@ NON_BIRD_LOGITS = (*THREAT_LOGITS, "Siren_Siren", "Fireworks_Fireworks", "Human 
 
 # What the cross-source figures chose (TRAINING_VARIANTS.md): a strongly regularised multinomial regression
 # whose cheapest features are BirdNET's own non-bird logits, each clip and source weighed fairly, then per
-# class blended with BirdNET's own label where that ranks the class better on sources never fitted. What
-# did not help across sources: MIL, band-limited copies, mixes, hard negatives, one-vs-rest sigmoids.
+# class blended with BirdNET's own label where that ranks the class better on sources never fitted, and
+# refitted on the windows of each threat clip that hold the threat (MIL). What did not help across sources:
+# band-limited copies, mixes, hard negatives, one-vs-rest sigmoids.
 COMMITTED = Recipe(name="committed", c=COMMITTED_C, softmax=True, clip_weight=True, source_power=0.5,
-                   class_balance=True, mil=False, bandlimit=False, logit_labels=NON_BIRD_LOGITS, logit_scale=10.0,
+                   class_balance=True, mil=True, bandlimit=False, logit_labels=NON_BIRD_LOGITS, logit_scale=10.0,
                    base_blend=True)
 
 
@@ -75,7 +76,7 @@ def variants() -> dict[str, Recipe]:
         "no source weighting (p = 0)": replace(c, source_power=0.0),
         "full source weighting (p = 1)": replace(c, source_power=1.0),
         "no per-clip weighting": replace(c, clip_weight=False),
-        "+ MIL (refit on the windows that hold the threat)": replace(c, mil=True),
+        "no MIL (every window of a threat clip is a positive)": replace(c, mil=False),
         "+ band-limited copies (8 / 16 / 22.05 kHz)": replace(c, bandlimit=True),
         "+ threats mixed into background, 2 per clip, 0-20 dB": replace(c, mixes_per_clip=2),
         "+ hard negatives x5 (top 5% of background windows)": replace(c, hard_neg=5.0),
