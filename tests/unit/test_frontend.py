@@ -185,3 +185,17 @@ def test_quantgate_passes_a_variant_identical_to_the_graph_and_reports_every_fig
     assert same["decision_differences"] == [] and same["max_abs_auc_delta"] == 0.0
     assert same["top1_agree"] == same["windows_with_signal"] > 0 and same["embedding_min_cosine"] > 0.99999
     assert "verdict: same PASS" in capsys.readouterr().out
+
+
+def test_quantgate_json_on_stdout_is_json_alone(tiny_card_path: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import soundfile as sf
+
+    from sentinela.cli import main
+
+    (tmp_path / "data" / "background").mkdir(parents=True)
+    noise = 1e-3 * np.random.default_rng(4).standard_normal(4 * 48000)
+    sf.write(tmp_path / "data" / "background" / "b.wav", noise.astype(np.float32), 48000, subtype="PCM_16")
+    rc = main(["quantgate", str(tmp_path / "data"), "--card", str(tiny_card_path), "--json", "--threads", "1"])
+    out = capsys.readouterr()
+    assert rc == 0 and json.loads(out.out)["passed"] == {} and "nothing to gate" in out.err

@@ -196,17 +196,18 @@ def cmd_quantgate(args: argparse.Namespace) -> int:
     from .model import ModelError
 
     try:
-        report = gate(args.dirs, str(args.card or default_card_path()), args.variant, args.threads, args.batch)
+        # With --json, stdout is the JSON alone; the table goes to stderr.
+        say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+        report = gate(args.dirs, str(args.card or default_card_path()), args.variant, args.threads, args.batch, say)
     except (CardError, ModelError, DatasetError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=2, ensure_ascii=False) + "\n"
-    out = getattr(args, "json_out", None) or (args.json if isinstance(args.json, str) else None)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text, encoding="utf-8")
-        print(f"wrote {out}")
-    elif args.json is True:
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.json_out}", file=sys.stderr if args.json else sys.stdout)
+    if args.json:
         sys.stdout.write(text)
     return 0 if all(report["passed"].values()) else 1
 
@@ -222,8 +223,8 @@ def register(subparsers: Any) -> None:
     g.add_argument("dirs", nargs="+", help="folders with <label>/ sub-folders")
     g.add_argument("--card", help="model card (default models/card.json)")
     g.add_argument("--variant", action="append", help="variant to gate (default: every variant built)")
-    g.add_argument("--json", nargs="?", const=True, default=None,
-                   help="print the report as JSON on stdout, or write it to the file given")
+    # The CLI's convention: --json prints JSON on stdout, --json-out PATH writes it to a file.
+    g.add_argument("--json", action="store_true", help="print the report as JSON on stdout (the table goes to stderr)")
     g.add_argument("--json-out", help="write the report as JSON to this file")
     g.add_argument("--threads", type=int, default=None)
     g.add_argument("--batch", type=int, default=8)
