@@ -7,7 +7,7 @@ MODEL  := models/dist/birdnet_v24.onnx
 AUDIO  ?= ../shared/audio/dev
 
 .DEFAULT_GOAL := help
-.PHONY: help install test unit integration lint validate demo model bench eval train clean scan
+.PHONY: help install test unit integration lint validate demo model model-gate bench eval train clean scan
 
 help: ## list every target
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,12 @@ scan: $(STAMP) $(CHECKOV_STAMP) ## policy scan: checkov on template.yaml and on 
 
 model: ## build and verify the BirdNET V2.4 ONNX model (cached; seconds when present)
 	$(PYTHON) models/build/build_model.py
+
+GATE_DIRS ?= ../shared/audio/dev ../shared/audio/train
+
+model-gate: $(STAMP) ## may a model variant replace the fp32 graph? same alerts on every clip of GATE_DIRS; JSON in GATE_JSON
+	@test -f $(MODEL) || $(MAKE) model
+	$(BIN)/sentinela quantgate $(GATE_DIRS) $(if $(GATE_JSON),--json-out $(GATE_JSON))
 
 # Without AUDIO=DIR the demo picks ../shared/audio/dev when present, else the demo pack in demo/audio.
 demo: $(STAMP) ## run the whole flow on the local stack with the real model (AUDIO=DIR; default the full set, else demo/audio)

@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 BUILD_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BUILD_DIR))
 
@@ -35,6 +37,9 @@ TFLITE_NAME = "birdnet_v24.tflite"
 LABELS_NAME = "labels.txt"
 LICENSE_NAME = "LICENSE"
 VERIFY_NAME = "verify.json"
+# The FFT front end: the graph cut after its spectrogram, and the front end's parameters.
+FFT_ONNX_NAME = "birdnet_v24_fft.onnx"
+FRONTEND_NAME = "birdnet_v24_frontend.npz"
 ATTRIBUTION = ("BirdNET V2.4 by Stefan Kahl et al., K. Lisa Yang Center for Conservation Bioacoustics, "
                "Cornell Lab of Ornithology, and Chemnitz University of Technology")
 BUILD_COMMAND = "make model  (python3 models/build/build_model.py)"
@@ -67,7 +72,8 @@ def _versions() -> dict[str, str]:
 
 
 def _card_entry(onnx_sha: str, content_sha: str, src: source.SourceFiles, versions: dict[str, str],
-                folds: list[surgery.Fold], report: dict[str, Any]) -> dict[str, Any]:
+                folds: list[surgery.Fold], report: dict[str, Any], variants: dict[str, Any],
+                use: str) -> dict[str, Any]:
     runs = list(report["runs"].values())
     return {
         "path": f"dist/{ONNX_NAME}",
@@ -107,6 +113,10 @@ def _card_entry(onnx_sha: str, content_sha: str, src: source.SourceFiles, versio
                 "report": f"dist/{VERIFY_NAME}",
             },
         },
+        # What classify runs: "graph" (the file above, whole) or a variant below. Chosen by hand from
+        # the gate (`sentinela quantgate`) and the bench; a rebuild keeps the choice.
+        "use": use,
+        "variants": variants,
     }
 
 
@@ -184,14 +194,60 @@ def build(cache_dir: Path, dist_dir: Path, card_path: Path) -> int:
               f"Details: {rejected_report}", file=sys.stderr)
         return 1
 
+    fft = _build_fft_variant(model, folds, staged, dist_dir)
+    clock.lap("FFT front end + check")
+    if not fft["check"]["passed"]:
+        print(f"[model] FFT front end failed its check against the graph: {fft['check']}", file=sys.stderr)
+        return 1
+    report["fft_frontend"] = fft["check"]
+    report_text = json.dumps(report, indent=2) + "\n"
     (dist_dir / VERIFY_NAME).write_text(report_text, encoding="utf-8")
     os.replace(staged, final)
     onnx_sha = source.sha256_file(final)
     previous = model_entry(card_path)
-    entry = _card_entry(onnx_sha, content_sha, src, _versions(), folds, report)
+    use = previous.get("use", "graph")
+    entry = _card_entry(onnx_sha, content_sha, src, _versions(), folds, report, {"fft": fft["entry"]},
+                        use if use in ("graph", "fft") else "graph")
     write_model_entry(card_path, entry)
     _print_summary(dist_dir, card_path, onnx_sha, content_sha, previous, clock)
     return 0
+
+
+def _build_fft_variant(model: Any, folds: list[surgery.Fold], full_onnx: Path, dist_dir: Path) -> dict[str, Any]:
+    """Cut the graph after its spectrogram, take the FFT front end's parameters from it, check the two
+    against the whole graph on the verification windows, and publish them."""
+    import onnx
+    from frontend_build import build_frontend, check
+    from synth_audio import verification_windows
+
+    frontend = build_frontend(model, folds)
+    body = surgery.cut_after_spectrogram(model, frontend.shape)
+    body_path, fe_path = dist_dir / FFT_ONNX_NAME, dist_dir / FRONTEND_NAME
+    staged_body, staged_fe = dist_dir / f".{FFT_ONNX_NAME}.partial", dist_dir / f".{FRONTEND_NAME}.partial"
+    onnx.save(body, str(staged_body))
+    frontend.save(staged_fe)
+    windows = verification_windows()
+    result = check(full_onnx, staged_body, frontend, np.stack([w.samples for w in windows]),
+                   [w.degenerate for w in windows])
+    print(f"[model]   FFT front end vs graph: spectrogram max rel Δ {result['spectrogram_max_rel_delta']:.1e}, "
+          f"embedding min cosine {result['embedding_min_cosine']:.6f}, top-1 {result['top1_agree']}/"
+          f"{result['non_degenerate']} non-degenerate, cut graph max|Δlogit| "
+          f"{result['cut_graph_max_abs_dlogit']:.1e}: {'PASS' if result['passed'] else 'FAIL'}")
+    if not result["passed"]:
+        return {"check": result, "entry": {}}
+    os.replace(staged_body, body_path)
+    os.replace(staged_fe, fe_path)
+    entry = {
+        "path": f"dist/{FFT_ONNX_NAME}", "sha256": source.sha256_file(body_path),
+        "input": surgery.SPECTROGRAM_NAME, "frontend": "fft", "frontend_path": f"dist/{FRONTEND_NAME}",
+        "frontend_sha256": source.sha256_file(fe_path), "quantised": False,
+        "graph_edits": ["cut after the spectrogram (input 'spectrogram' [batch, 2, 96, 511], NCHW)",
+                        "spectrogram: numpy rFFT real part, mel filterbank on the bins it reads "
+                        "(sentinela.frontend)"],
+        "check": {k: (float(f"{v:.7g}" if "cosine" in k else f"{v:.3g}") if isinstance(v, float) else v)
+                  for k, v in result.items()},
+    }
+    return {"check": result, "entry": entry}
 
 
 def _print_verification(report: dict[str, Any]) -> None:
@@ -213,7 +269,7 @@ def _print_summary(dist_dir: Path, card_path: Path, onnx_sha: str, content_sha: 
     started = float(os.environ.get("SENTINELA_MODEL_BUILD_STARTED", "0") or 0)
     venv_s = float(os.environ.get("SENTINELA_MODEL_BUILD_VENV_SECONDS", "0") or 0)
     print("[model] built and verified:")
-    for name in (ONNX_NAME, LABELS_NAME, LICENSE_NAME, TFLITE_NAME, VERIFY_NAME):
+    for name in (ONNX_NAME, FFT_ONNX_NAME, FRONTEND_NAME, LABELS_NAME, LICENSE_NAME, TFLITE_NAME, VERIFY_NAME):
         path = dist_dir / name
         print(f"[model]   {path}  {_size(path):>8}")
     print(f"[model]   sha256 {onnx_sha}  (recorded in {card_path})")

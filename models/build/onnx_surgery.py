@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -97,6 +97,8 @@ class Fold:
     before: tuple[int, int]
     mel: tuple[int, int]
     after: tuple[int, int]
+    # The filterbank itself: the FFT front end outside the graph applies it (frontend_build.py).
+    mel_matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32), repr=False, compare=False)
 
 
 class _Index:
@@ -199,7 +201,7 @@ def fold_mel_into_dft(model: onnx.ModelProto, dft_marker: str) -> list[Fold]:
                 raise GraphError(f"{mel_matmul.name}: its output is a graph output")
         graph.node.remove(mel_matmul)
         folds.append(Fold(dft_name, (dft.shape[0], dft.shape[1]), (mel.shape[0], mel.shape[1]),
-                          (folded.shape[0], folded.shape[1])))
+                          (folded.shape[0], folded.shape[1]), mel.astype(np.float32)))
     _drop_unused_initializers(graph)
     # Shapes recorded for the edited tensors are now wrong; onnxruntime re-infers all of them.
     del graph.value_info[:]
@@ -393,3 +395,64 @@ def content_digest(model: onnx.ModelProto) -> str:
         digest.update(f"{tensor.name} {array.dtype} {array.shape}\n".encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
+
+
+SPECTROGRAM_NAME = "spectrogram"
+# Where BirdNET's two spectrograms meet: Concat of the two [bands, frames, batch, 1] tensors, then its
+# spectrogram batch norm (Mul, Add) and the Transpose to NCHW that feeds the first convolution.
+SPECTROGRAM_CONCAT = "model/concatenate/concat"
+
+
+def cut_after_spectrogram(model: onnx.ModelProto, shape: tuple[int, int, int]) -> onnx.ModelProto:
+    """A copy of the graph that starts at the spectrogram: input ``spectrogram`` [batch, channels,
+    bands, frames] (NCHW, what the first convolution reads), the spectrogram batch norm kept inside.
+
+    The graph's own layout there is [bands, frames, batch, channels] followed by a Transpose; the batch
+    norm's per-channel constants are re-shaped for NCHW, so every value it computes is the same.
+    """
+    cut = onnx.ModelProto()
+    cut.CopyFrom(model)
+    graph = cut.graph
+    index = _Index(graph)
+    mul = index.single(SPECTROGRAM_CONCAT, "Mul")
+    add = index.single(mul.output[0], "Add")
+    transpose = index.single(add.output[0], "Transpose")
+    perm = next(onnx.helper.get_attribute_value(a) for a in transpose.attribute if a.name == "perm")
+    if list(perm) != [2, 3, 0, 1]:
+        raise GraphError(f"{transpose.name}: perm {perm}, expected [2, 3, 0, 1]")
+    scale, bias = index.const(mul.input[1]), index.const(add.input[1])
+    if scale is None or bias is None or scale.shape != (1, 1, 1, shape[0]) or bias.shape != scale.shape:
+        raise GraphError(f"{mul.name}/{add.name}: expected per-channel constants of shape (1, 1, 1, {shape[0]})")
+    names = (f"{SPECTROGRAM_NAME}_bn_scale", f"{SPECTROGRAM_NAME}_bn_bias")
+    graph.initializer.extend([numpy_helper.from_array(scale.reshape(1, -1, 1, 1), names[0]),
+                              numpy_helper.from_array(bias.reshape(1, -1, 1, 1), names[1])])
+    head = [helper.make_node("Mul", [SPECTROGRAM_NAME, names[0]], [f"{SPECTROGRAM_NAME}_scaled"],
+                             name=f"{SPECTROGRAM_NAME}_bn_mul"),
+            helper.make_node("Add", [f"{SPECTROGRAM_NAME}_scaled", names[1]], [transpose.output[0]],
+                             name=f"{SPECTROGRAM_NAME}_bn_add")]
+    producer = {out: node for node in graph.node for out in node.output if node is not transpose}
+    producer.update({out: node for node in head for out in node.output})
+    needed: set[int] = set()
+    frontier = [out.name for out in graph.output]
+    while frontier:
+        node = producer.get(frontier.pop())
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            frontier.extend(node.input)
+    kept = head + [n for n in graph.node if id(n) in needed and n is not transpose]
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.input[:]
+    graph.input.append(helper.make_tensor_value_info(SPECTROGRAM_NAME, TensorProto.FLOAT, [BATCH_DIM, *shape]))
+    _drop_unused_initializers(graph)
+    del graph.value_info[:]
+    onnx.checker.check_model(cut, full_check=True)
+    return cut
+
+
+def with_spectrogram_output(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy that also outputs the graph's own spectrogram (for checking the FFT front end against it)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.output.append(helper.make_tensor_value_info(SPECTROGRAM_CONCAT, TensorProto.FLOAT, None))
+    return out

@@ -367,7 +367,67 @@ def test_build_modules_import_without_tensorflow() -> None:
     code = (
         "import sys; sys.path.insert(0, sys.argv[1])\n"
         "import build_model, birdnet_source, model_card, onnx_surgery, synth_audio, verify_model, convert\n"
+        "import frontend_build\n"
         "heavy = sorted(m for m in ('tensorflow', 'tf2onnx', 'ai_edge_litert') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code, str(BUILD_DIR)], check=True)
+
+
+def _spectrogram_graph() -> onnx.ModelProto:
+    """BirdNET's seam in miniature: two [bands, frames, batch, 1] spectrograms -> Concat -> batch-norm
+    Mul/Add with (1, 1, 1, 2) constants -> Transpose to NCHW -> Conv -> pooled embedding -> logits."""
+    rng = np.random.default_rng(5)
+    inits = [
+        numpy_helper.from_array(np.array([1.5, 0.5], np.float32).reshape(1, 1, 1, 2), "bn_scale"),
+        numpy_helper.from_array(np.array([-0.2, 0.1], np.float32).reshape(1, 1, 1, 2), "bn_bias"),
+        numpy_helper.from_array(rng.standard_normal((4, 2, 3, 3)).astype(np.float32), "conv_w"),
+        numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "head_w"),
+        numpy_helper.from_array(np.array([3], np.int64), "ax3"),
+    ]
+    nodes = [
+        helper.make_node("Transpose", ["INPUT"], ["t"], perm=[1, 2, 0]),  # [batch, 6, 5] -> [6, 5, batch]
+        helper.make_node("Unsqueeze", ["t", "ax3"], ["s1"]),
+        helper.make_node("Mul", ["s1", "s1"], ["s2"]),
+        helper.make_node("Concat", ["s1", "s2"], [surgery.SPECTROGRAM_CONCAT], axis=3),
+        helper.make_node("Mul", [surgery.SPECTROGRAM_CONCAT, "bn_scale"], ["bn1"]),
+        helper.make_node("Add", ["bn1", "bn_bias"], ["bn2"]),
+        helper.make_node("Transpose", ["bn2"], ["nchw"], perm=[2, 3, 0, 1]),
+        helper.make_node("Conv", ["nchw", "conv_w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceMean", ["c"], ["embedding"], axes=[2, 3], keepdims=0),
+        helper.make_node("MatMul", ["embedding", "head_w"], ["Identity"]),
+    ]
+    graph = helper.make_graph(nodes, "seam",
+                              [helper.make_tensor_value_info("INPUT", TensorProto.FLOAT, ["batch", 6, 5])],
+                              [helper.make_tensor_value_info("Identity", TensorProto.FLOAT, ["batch", 3]),
+                               helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", 4])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_cut_after_spectrogram_computes_the_same_from_the_graphs_own_spectrogram() -> None:
+    model = _spectrogram_graph()
+    body = surgery.cut_after_spectrogram(model, (2, 6, 5))
+    assert [i.name for i in body.graph.input] == [surgery.SPECTROGRAM_NAME]
+    assert not any(n.op_type == "Concat" for n in body.graph.node)
+    x = np.random.default_rng(1).standard_normal((3, 6, 5)).astype(np.float32)
+    full = ort.InferenceSession(surgery.with_spectrogram_output(model).SerializeToString())
+    logits, emb, spec = full.run(["Identity", "embedding", surgery.SPECTROGRAM_CONCAT], {"INPUT": x})
+    cut = ort.InferenceSession(body.SerializeToString())
+    c_logits, c_emb = cut.run(["Identity", "embedding"],
+                              {surgery.SPECTROGRAM_NAME: np.ascontiguousarray(spec.transpose(2, 3, 0, 1))})
+    np.testing.assert_array_equal(c_emb, emb)
+    np.testing.assert_array_equal(c_logits, logits)
+    # The original is not edited in place.
+    assert [i.name for i in model.graph.input] == ["INPUT"]
+
+
+def test_cut_refuses_a_seam_it_does_not_know() -> None:
+    model = _spectrogram_graph()
+    for node in model.graph.node:
+        if node.output[0] == "nchw":
+            node.attribute[0].CopyFrom(helper.make_attribute("perm", [0, 1, 2, 3]))
+    with pytest.raises(surgery.GraphError, match="perm"):
+        surgery.cut_after_spectrogram(model, (2, 6, 5))

@@ -43,11 +43,13 @@ class Target:
 
 
 TARGETS = (
-    Target("rtf_2threads", "RTF, 2 threads (audio s / wall s)", ">=", 150.0),
-    Target("rtf_1thread", "RTF, 1 thread", ">=", 80.0),
-    Target("speedup_vs_tflite", "speed-up vs TFLite, same run", ">=", 2.5),
-    Target("cold_start_s", "cold start: import + session (s)", "<=", 1.5),
+    Target("rtf_2threads", "RTF, 2 threads (audio s / wall s)", ">=", 400.0),
+    Target("rtf_1thread", "RTF, 1 thread", ">=", 200.0),
+    Target("speedup_vs_tflite", "speed-up vs TFLite, same run", ">=", 4.0),
+    Target("cold_start_s", "cold start: import + session (s)", "<=", 0.5),
     Target("peak_rss_mb_10min", "peak RSS, 10-min clip (MB)", "<=", 400.0),
+    Target("peak_rss_mb_2h", "peak RSS, 2-h clip (MB)", "<=", 400.0),
+    Target("peak_rss_mb_8ch_384k", "peak RSS, 8 ch at 384 kHz (MB)", "<=", 400.0),
     Target("rss_ratio_2h_vs_10min", "peak RSS 2 h / 10 min", "<=", 1.2),
 )
 
@@ -79,15 +81,18 @@ def synth(start: int, n: int, sr: int) -> np.ndarray:
     return np.clip(x, -1.0, 1.0).astype(np.float32)
 
 
-def write_clip(path: Path, seconds: float, sr: int) -> Path:
-    """Write ``seconds`` of the signal as 16-bit WAV/FLAC (by suffix), one 10 s block at a time."""
+def write_clip(path: Path, seconds: float, sr: int, channels: int = 1) -> Path:
+    """Write ``seconds`` of the signal as 16-bit WAV/FLAC (by suffix), one 10 s block at a time. Extra
+    channels carry the same signal at other gains (a recorder's array of microphones)."""
     import soundfile as sf
 
     total = round(seconds * sr)
     fmt = "FLAC" if path.suffix.lower() == ".flac" else "WAV"
-    with sf.SoundFile(path, "w", samplerate=sr, channels=1, subtype="PCM_16", format=fmt) as f:
+    gains = np.linspace(1.0, 0.5, channels, dtype=np.float32)
+    with sf.SoundFile(path, "w", samplerate=sr, channels=channels, subtype="PCM_16", format=fmt) as f:
         for start in range(0, total, BLOCK_S * sr):
-            f.write(synth(start, min(BLOCK_S * sr, total - start), sr))
+            block = synth(start, min(BLOCK_S * sr, total - start), sr)
+            f.write(block if channels == 1 else block[:, None] * gains[None, :])
     return path
 
 
@@ -178,41 +183,71 @@ class Clip:
 
 
 def bench_classify(card_path: Path, clips: list[Clip], threads: tuple[int, ...], batches: tuple[int, ...],
-                   repeats: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
-    from .card import load_card
+                   repeats: int, say: Callable[[str], None],
+                   variant_names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """One row per (threads, batch, model variant). The variants of one config are timed in turn,
+    repeat by repeat, so a change of load hits them alike and their ratio holds."""
+    from .card import load_card, with_variant
     from .classify import classify_source
     from .model import Model
 
     card = load_card(card_path)
+    names = variant_names or (card.variant,)
     audio_s = sum(c.seconds for c in clips)
     rows: list[dict[str, Any]] = []
     for th in threads:
-        model = Model(card, threads=th)
+        models = {v: Model(with_variant(card, v), threads=th) for v in names}
         for b in batches:
-            per_clip: dict[str, float] = {}
-            cpu = 0.0
-            for c in clips:
-                classify_source(c.path, model, batch_size=b)  # warm-up (allocator, caches)
-                ts, cs = [], []
-                for _ in range(repeats):
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    classify_source(c.path, model, batch_size=b)
-                    ts.append(time.perf_counter() - t0)
-                    cs.append(time.process_time() - c0)
-                per_clip[f"{c.sample_rate}"] = _median(ts)
-                cpu += _median(cs)
-            wall = sum(per_clip.values())
-            # CPU seconds (all threads, spin-waiting included): at 1 thread, audio/cpu is what the RTF
-            # would be on an idle core, so it is the figure to trust when the machine is shared.
-            row: dict[str, Any] = {"threads": th, "batch": b, "rtf": audio_s / wall, "wall_s": wall,
-                                   "cpu_s": cpu, "rtf_per_cpu_second": audio_s / cpu}
-            for c in clips:
-                row[f"rtf_{c.sample_rate}hz"] = c.seconds / per_clip[f"{c.sample_rate}"]
-            rows.append(row)
-            say(f"  threads={th} batch={b:<3d} RTF {row['rtf']:7.1f}  ("
-                + ", ".join(f"{c.sample_rate} Hz {row[f'rtf_{c.sample_rate}hz']:.1f}" for c in clips)
-                + f"; {row['rtf_per_cpu_second']:.1f} audio s per CPU s)")
+            walls: dict[str, list[float]] = {v: [] for v in names}
+            cpus: dict[str, list[float]] = {v: [] for v in names}
+            per_clip: dict[str, dict[str, list[float]]] = {v: {f"{c.sample_rate}": [] for c in clips} for v in names}
+            for model in models.values():
+                for c in clips:
+                    classify_source(c.path, model, batch_size=b)  # warm-up (allocator, caches)
+            load0 = _load()
+            for _ in range(repeats):
+                for v, model in models.items():
+                    wall = cpu = 0.0
+                    for c in clips:
+                        t0, c0 = time.perf_counter(), time.process_time()
+                        classify_source(c.path, model, batch_size=b)
+                        dt = time.perf_counter() - t0
+                        wall += dt
+                        cpu += time.process_time() - c0
+                        per_clip[v][f"{c.sample_rate}"].append(dt)
+                    walls[v].append(wall)
+                    cpus[v].append(cpu)
+            for v in names:
+                wall, cpu = _median(walls[v]), _median(cpus[v])
+                # CPU seconds (all threads, spin-waiting included): at 1 thread, audio/cpu is what the RTF
+                # would be on an idle core, so it is the figure to trust when the machine is shared.
+                row: dict[str, Any] = {"variant": v, "threads": th, "batch": b, "rtf": audio_s / wall,
+                                       "rtf_min": audio_s / max(walls[v]), "rtf_max": audio_s / min(walls[v]),
+                                       "repeats": repeats, "wall_s": wall, "cpu_s": cpu,
+                                       "rtf_per_cpu_second": audio_s / cpu, "load_avg": load0}
+                for c in clips:
+                    row[f"rtf_{c.sample_rate}hz"] = c.seconds / _median(per_clip[v][f"{c.sample_rate}"])
+                rows.append(row)
+                say(f"  {v:<6} threads={th} batch={b:<3d} RTF {row['rtf']:7.1f} "
+                    f"[{row['rtf_min']:.1f}-{row['rtf_max']:.1f}]  ("
+                    + ", ".join(f"{c.sample_rate} Hz {row[f'rtf_{c.sample_rate}hz']:.1f}" for c in clips)
+                    + f"; {row['rtf_per_cpu_second']:.1f} audio s per CPU s; load {load0[0] if load0 else '-'})")
     return rows
+
+
+def variant_summary(rows: list[dict[str, Any]], variant: str) -> dict[str, Any]:
+    """Batch 1 and the best batch at each thread count, with the spread over the repeats."""
+    out: dict[str, Any] = {"variant": variant}
+    for th, key in ((1, "rtf_1thread"), (2, "rtf_2threads")):
+        mine = [r for r in rows if r["variant"] == variant and r["threads"] == th]
+        if not mine:
+            continue
+        best = max(mine, key=lambda r: float(r["rtf"]))
+        b1 = next((r for r in mine if r["batch"] == 1), None)
+        out |= {key: best["rtf"], f"{key}_batch": best["batch"], f"{key}_range": [best["rtf_min"], best["rtf_max"]]}
+        if b1 is not None:
+            out |= {f"{key}_b1": b1["rtf"], f"{key}_b1_range": [b1["rtf_min"], b1["rtf_max"]]}
+    return out
 
 
 def bench_stages(card_path: Path, clips: list[Clip], threads: int, batch: int, repeats: int,
@@ -304,7 +339,9 @@ from sentinela.card import load_card
 from sentinela.model import Model
 import sentinela.classify
 t2 = time.perf_counter()
-Model(load_card(sys.argv[1]), threads=2)
+from sentinela.card import with_variant
+card = load_card(sys.argv[1])
+Model(with_variant(card, sys.argv[2]) if len(sys.argv) > 2 else card, threads=2)
 t3 = time.perf_counter()
 print(json.dumps({"import_libs_s": t1 - t0, "import_sentinela_s": t2 - t1, "session_s": t3 - t2,
                   "total_s": t3 - t0}))
@@ -330,7 +367,9 @@ def sample():
 from sentinela.card import load_card
 from sentinela.classify import classify_source
 from sentinela.model import Model
-model = Model(load_card(sys.argv[1]), threads=int(sys.argv[4]))
+from sentinela.card import with_variant
+card = load_card(sys.argv[1])
+model = Model(with_variant(card, sys.argv[5]) if len(sys.argv) > 5 else card, threads=int(sys.argv[4]))
 after_load = status_mb("VmHWM:")
 th = threading.Thread(target=sample, daemon=True)
 th.start()
@@ -351,11 +390,11 @@ print(json.dumps({"peak_rss_mb": peak, "rss_after_load_mb": after_load, "ru_maxr
 """
 
 
-def bench_cold(card_path: Path, runs: int) -> dict[str, Any]:
+def bench_cold(card_path: Path, runs: int, variant: str | None = None) -> dict[str, Any]:
     rows = []
     walls = []
     for _ in range(runs):
-        r, wall = _run_child(_COLD, str(card_path))
+        r, wall = _run_child(_COLD, str(card_path), *((variant,) if variant else ()))
         rows.append(r)
         walls.append(wall)
     return {
@@ -369,8 +408,8 @@ def bench_cold(card_path: Path, runs: int) -> dict[str, Any]:
     }
 
 
-def bench_memory(card_path: Path, clip: Path, batch: int, threads: int) -> dict[str, Any]:
-    r, wall = _run_child(_MEMORY, str(card_path), str(clip), str(batch), str(threads))
+def bench_memory(card_path: Path, clip: Path, batch: int, threads: int, variant: str | None = None) -> dict[str, Any]:
+    r, wall = _run_child(_MEMORY, str(card_path), str(clip), str(batch), str(threads), *((variant,) if variant else ()))
     r["process_wall_s"] = wall
     r["clip"] = clip.name
     r["clip_bytes"] = clip.stat().st_size
@@ -398,7 +437,7 @@ def _fmt(v: Any, nd: int = 2) -> str:
 
 
 def run_bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
-    from .card import load_card
+    from .card import load_card, variants
     from .config import default_card_path
 
     quick = bool(args.quick)
@@ -408,8 +447,11 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str,
     repeats = args.repeats or (1 if quick else 3)
     threads = (1, 2)
     batches = (1, 8, 32) if not quick else (1, 8)
+    names = tuple(args.variants.split(",")) if getattr(args, "variants", None) else variants(card)
+    if card.variant not in names:
+        names = (card.variant, *names)
     report: dict[str, Any] = {
-        "bench": "sentinela", "quick": quick,
+        "bench": "sentinela", "quick": quick, "variant_in_use": card.variant, "variants_measured": list(names),
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_avg_start": _load(), "machine": machine_info(),
         "model": {"card": str(card_path), "id": card.id, "path": str(card.path),
@@ -433,12 +475,19 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str,
                            "generate_s": time.perf_counter() - t0}
         say(f"classify path, {clip_s:.0f} s clip at 48 kHz + the same at 44.1 kHz, median of {repeats} "
             f"after a warm-up:")
-        rows = bench_classify(card_path, clips, threads, batches, repeats, say)
+        rows = bench_classify(card_path, clips, threads, batches, repeats, say, names)
         report["rtf_configs"] = rows
-        for th, key in ((1, "rtf_1thread"), (2, "rtf_2threads")):
-            best = max((r for r in rows if r["threads"] == th), key=lambda r: float(r["rtf"]))
-            report[key] = best["rtf"]
-            report[f"{key}_batch"] = best["batch"]
+        summaries = {v: variant_summary(rows, v) for v in names}
+        report["variants"] = summaries
+        # The top-level figures are those of the variant the card runs; every variant has its row.
+        for key, value in summaries[card.variant].items():
+            if key != "variant":
+                report[key] = value
+        report["fp32"] = summaries.get("graph")
+        quantised = [v for v in names if (card.raw.get("model", {}).get("variants", {}).get(v) or {}).get("quantised")]
+        report["quantised"] = summaries[quantised[0]] if quantised else {
+            "available": False, "reason": "no quantised variant built (see docs/BENCHMARKS.md: int8 failed its "
+                                          "accuracy check and was not faster)"}
 
         npy = tmp / "windows.npy"
         stages = bench_stages(card_path, clips, 2, int(report["rtf_2threads_batch"]), repeats, npy)
@@ -455,7 +504,8 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str,
         if args.skip_tflite:
             tfl = {"available": False, "reason": "skipped (--skip-tflite)"}
         else:
-            tflite = Path(args.tflite_model) if args.tflite_model else card.path.with_suffix(".tflite")
+            graph_path = card.path.parent / Path(card.raw.get("model", {}).get("path", card.path.name)).name
+            tflite = Path(args.tflite_model) if args.tflite_model else graph_path.with_suffix(".tflite")
             python = Path(args.tflite_python) if args.tflite_python else TFLITE_VENV_PYTHON
             say(f"TFLite ({tflite.name}) through {python}, 2 threads, one window at a time:")
             tfl = bench_tflite(tflite, npy, python, repeats)
@@ -471,6 +521,8 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str,
             tfl["model_only_speedup"] = (tfl["ms_per_window_b1"] / stages["model_ms_per_window"])
             report["tflite_rtf"] = tfl["rtf_b1"]
             report["speedup_vs_tflite"] = report["rtf_2threads"] / tfl["rtf_b1"]
+            for summary in summaries.values():
+                summary["speedup_vs_tflite"] = summary["rtf_2threads"] / tfl["rtf_b1"]
             say(f"  {tfl['runtime']}: {tfl['ms_per_window_b1']:.1f} ms/window -> RTF {tfl['rtf_b1']:.1f} "
                 f"(inference only, decode not counted); batch 8 via resize_tensor_input: {tfl['batch8']}"
                 + (f", {tfl['ms_per_window_b8']:.1f} ms/window" if tfl.get("ms_per_window_b8") else ""))
@@ -483,16 +535,20 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str,
         runs = 1 if quick else 3
         say("cold start (fresh process: import onnxruntime, numpy, soundfile, sentinela + session), "
             f"median of {runs}:")
-        cold = bench_cold(card_path, runs)
-        report["cold_start"] = cold
-        report["cold_start_s"] = cold["total_s"]
-        say(f"  {cold['total_s']:.2f} s (libs {cold['import_libs_s']:.2f}, "
-            f"sentinela {cold['import_sentinela_s']:.2f}, session {cold['session_s']:.2f}); "
-            f"whole process incl. interpreter start {cold['process_wall_s']:.2f} s")
+        for v in names:
+            cold = bench_cold(card_path, runs, v)
+            summaries[v]["cold_start_s"] = cold["total_s"]
+            if v == card.variant:
+                report["cold_start"] = cold
+                report["cold_start_s"] = cold["total_s"]
+            say(f"  {v:<6} {cold['total_s']:.2f} s (libs {cold['import_libs_s']:.2f}, "
+                f"sentinela {cold['import_sentinela_s']:.2f}, session {cold['session_s']:.2f}); "
+                f"whole process incl. interpreter start {cold['process_wall_s']:.2f} s; all {cold['all_total_s']}")
 
         if args.skip_memory:
             report["memory"] = {"skipped": True}
             report["peak_rss_mb_10min"] = report["peak_rss_mb_2h"] = report["rtf_2h"] = None
+            report["peak_rss_mb_8ch_384k"] = None
         else:
             short_s, long_s = (30.0, 120.0) if quick else (600.0, 7200.0)
             say(f"peak memory, fresh process each, batch 8, 2 threads, {short_s:.0f} s and {long_s:.0f} s "
@@ -510,6 +566,19 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str,
                     f"(after model load {r['rss_after_load_mb']:.0f} MB; "
                     f"sampled at 10/50/90% {r['rss_mb_at_10_50_90pct']}), RTF {r['rtf']:.1f} "
                     f"({r['duration_s']:.0f} s in {r['elapsed_s']:.1f} s)")
+            # The worst shape recorders send: 8 channels at 384 kHz (16-bit WAV). Peak memory is reached
+            # within the first decode blocks (10 s each), so one minute shows it.
+            wide_s = 20.0 if quick else 60.0
+            t0 = time.perf_counter()
+            path = write_clip(tmp / "mem_8ch_384k.wav", wide_s, 384000, channels=8)
+            gen = time.perf_counter() - t0
+            r = bench_memory(card_path, path, 8, 2)
+            r["generate_s"] = gen
+            mem["8ch_384k"] = r
+            path.unlink()
+            say(f"  8 ch at 384 kHz, {wide_s:.0f} s WAV: peak RSS {r['peak_rss_mb']:.0f} MB "
+                f"(after model load {r['rss_after_load_mb']:.0f} MB), RTF {r['rtf']:.1f}")
+            report["peak_rss_mb_8ch_384k"] = r["peak_rss_mb"]
             report["memory"] = mem
             report["peak_rss_mb_10min"] = mem["10min"]["peak_rss_mb"]
             report["peak_rss_mb_2h"] = mem["2h"]["peak_rss_mb"]
@@ -531,7 +600,18 @@ def print_summary(report: dict[str, Any], say: Callable[[str], None]) -> None:
     say(f"{'best batch, 1 / 2 threads':<38} {report['rtf_1thread_batch']!s:>4} / "
         f"{report['rtf_2threads_batch']!s}")
     say(f"{'TFLite RTF (2 threads, batch 1)':<38} {_fmt(report['tflite_rtf']):>10}")
-    say(f"{'peak RSS, 2-h clip (MB)':<38} {_fmt(report.get('peak_rss_mb_2h')):>10}")
+    say(f"{'variant':<8} {'RTF 1t b1':>16} {'RTF 1t best':>20} {'RTF 2t b1':>16} {'RTF 2t best':>20} "
+        f"{'x TFLite':>8} {'cold s':>6}")
+    for v in report.get("variants", {}).values():
+        def cell(key: str, best: bool, v: dict[str, Any] = v) -> str:
+            if key not in v or (not best and f"{key}_b1" not in v):
+                return "-"
+            lo, hi = v[f"{key}_range" if best else f"{key}_b1_range"]
+            value = v[key] if best else v[f"{key}_b1"]
+            return f"{value:.1f} [{lo:.0f}-{hi:.0f}]" + (f" b{v[f'{key}_batch']}" if best else "")
+        say(f"{v['variant']:<8} {cell('rtf_1thread', False):>16} {cell('rtf_1thread', True):>20} "
+            f"{cell('rtf_2threads', False):>16} {cell('rtf_2threads', True):>20} "
+            f"{_fmt(v.get('speedup_vs_tflite')):>8} {_fmt(v.get('cold_start_s')):>6}")
     say(f"{'RTF of the 2-h run':<38} {_fmt(report.get('rtf_2h')):>10}")
     say(f"load average start {report['load_avg_start']} end {report['load_avg_end']} (2 cores; other work "
         "on the machine lowers every speed figure)")
@@ -571,7 +651,9 @@ def register(subparsers: Any) -> None:
     b.add_argument("--skip-memory", action="store_true", help="leave out the 10-min / 2-h memory runs")
     b.add_argument("--clip-seconds", type=float, help="length of the speed clip (default 90, quick 12)")
     b.add_argument("--repeats", type=int, help="timed repeats per config (default 3, quick 1)")
-    b.add_argument("--tflite-model", help="TFLite file (default: the card's model path with .tflite)")
+    b.add_argument("--variants", help="model variants to time, comma-separated (default: every variant the card "
+                                      "lists; the card's own is always in)")
+    b.add_argument("--tflite-model", help="TFLite file (default: the graph model's path with .tflite)")
     b.add_argument("--tflite-python",
                    help=f"python with the TFLite interpreter (default {TFLITE_VENV_PYTHON})")
     b.set_defaults(fn=cmd_bench)

@@ -57,6 +57,10 @@ class ModelCard:
     sha256: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     head_sha256: str | None = None
+    # Which model file runs: "graph" (the converted graph, whole) or one of card["model"]["variants"];
+    # a variant with a front end ("fft") takes the spectrogram, made by sentinela.frontend.
+    variant: str = "graph"
+    frontend_path: Path | None = None
 
     @property
     def model_id(self) -> str:
@@ -147,7 +151,7 @@ def load_card(path: str | Path) -> ModelCard:
         missing = [c for c in head.classes if c not in threats and c != "background"]
         if missing:
             raise CardError(f"model card: head classes without a threat rule: {missing}")
-    return ModelCard(
+    card = ModelCard(
         id=str(_req(raw, "id", "card")),
         path=base / _req(model, "path", "model"),
         input=str(model.get("input", "INPUT")),
@@ -165,6 +169,40 @@ def load_card(path: str | Path) -> ModelCard:
         raw=raw,
         head_sha256=_file_sha256(head.path) if head is not None else None,
     )
+    use = str(model.get("use", "graph"))
+    return card if use == "graph" else with_variant(card, use, base)
+
+
+def variants(card: ModelCard) -> tuple[str, ...]:
+    """The model files this card can run: "graph" and the variants `make model` built."""
+    return ("graph", *sorted(card.raw.get("model", {}).get("variants", {}) or {}))
+
+
+def with_variant(card: ModelCard, name: str, base: Path | None = None) -> ModelCard:
+    """The card running model variant ``name`` ("graph": the whole converted graph). ``base``: the
+    card's folder (paths in the card are relative to it); taken from the card's model path if omitted."""
+    model = card.raw.get("model", {})
+    folder = base if base is not None else _card_dir(card)
+    if name == "graph":
+        return replace(card, variant="graph", path=folder / model["path"], input=str(model.get("input", "INPUT")),
+                       sha256=model.get("sha256"), frontend_path=None)
+    entry = (model.get("variants") or {}).get(name)
+    if not entry:
+        raise CardError(f"model card: no model variant {name!r} (built: {', '.join(variants(card))}; "
+                        "run `make model`)")
+    frontend = entry.get("frontend")
+    if frontend not in (None, "fft"):
+        raise CardError(f"model card: variant {name!r} has front end {frontend!r}; this runtime knows 'fft'")
+    return replace(card, variant=name, path=folder / _req(entry, "path", f"model.variants.{name}"),
+                   input=str(entry.get("input", "spectrogram")), sha256=entry.get("sha256"),
+                   frontend_path=folder / entry["frontend_path"] if frontend else None)
+
+
+def _card_dir(card: ModelCard) -> Path:
+    """The card's folder, from the model path the card resolved (``<folder>/<model path>``)."""
+    model = card.raw.get("model", {})
+    rel = Path(model["variants"][card.variant]["path"]) if card.variant != "graph" else Path(model["path"])
+    return Path(*card.path.parts[: len(card.path.parts) - len(rel.parts)])
 
 
 def _file_sha256(path: Path) -> str | None:

@@ -188,7 +188,8 @@ def _register_extra(sub: Any) -> None:
     rangers (rangers_cli); status and replay (ops_cli); devices and upload (devices_cli); labels (labels_cli)."""
     import importlib
 
-    for name in ("bench", "training.command", "evaluate", "rangers_cli", "ops_cli", "devices_cli", "labels_cli"):
+    for name in ("bench", "training.command", "evaluate", "modelgate", "rangers_cli", "ops_cli", "devices_cli",
+                 "labels_cli"):
         try:
             mod = importlib.import_module(f"sentinela.{name}")
         except ModuleNotFoundError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import onnxruntime as ort
 
 from .activity import has_signal
 from .card import ModelCard
+from .frontend import Frontend, FrontendError
 
 
 class ModelError(RuntimeError):
@@ -50,6 +52,15 @@ class Model:
         self.card = card
         self.threads = threads or default_threads()
         self.session = _session(card.path, self.threads)
+        self.frontend: Frontend | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        if card.frontend_path is not None:
+            try:
+                self.frontend = Frontend.load(card.frontend_path)
+            except FrontendError as exc:
+                raise ModelError(str(exc)) from exc
+            # The FFT releases the GIL: the front end gets the session's threads too (they take turns).
+            self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         outputs = {o.name for o in self.session.get_outputs()}
         want = [card.logits_output]
         if card.head is not None or embeddings:
@@ -72,7 +83,8 @@ class Model:
 
     def infer(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Sigmoid scores [n, labels] and the embedding [n, d] (or None) for a batch of windows."""
-        res = self.session.run(self._outputs, {self.card.input: windows})
+        x = windows if self.frontend is None else self.frontend(windows, self._pool)
+        res = self.session.run(self._outputs, {self.card.input: x})
         logits = np.clip(res[0], -15.0, 15.0) * self.card.sensitivity
         scores = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
         return scores, (res[1] if len(res) > 1 else None)
