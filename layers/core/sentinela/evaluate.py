@@ -340,9 +340,12 @@ def score_clips(clips: Sequence[LabelledClip], model: Any, batch_size: int = 8) 
     """Each clip through classify_source; unreadable ones are recorded with their reason and skipped."""
     from .audio import AudioError
     from .classify import classify_source
+    from .training.progress import Progress
 
     run = EvalRun()
+    prog = Progress(len(clips), "scoring clips")  # a bar with an ETA on a terminal, a line now and then in logs
     for clip in clips:
+        prog.step()
         try:
             out = classify_source(clip.path, model, batch_size=batch_size)
         except AudioError as exc:
@@ -357,6 +360,7 @@ def score_clips(clips: Sequence[LabelledClip], model: Any, batch_size: int = 8) 
         alerts = {d.threat: d.alert for d in out.result.decisions}
         run.scores.append(ClipScore(clip.rel, clip.label, out.info.duration_s,
                                     {k: float(v) for k, v in out.result.max_scores.items()}, alerts))
+    prog.close()
     return run
 
 

@@ -23,7 +23,7 @@ import os
 import re
 import unicodedata
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -443,7 +443,8 @@ class IncidentService:
         return out
 
     # --- replies --------------------------------------------------------------------------------
-    def latest_active_incident(self, phone: str) -> dict[str, Any] | None:
+    def _active_incidents_texted(self, phone: str) -> Iterator[dict[str, Any]]:
+        """The active incidents this number was texted about, the latest first, each once."""
         seen: set[str] = set()
         for s in self.store.sends_to(phone):
             iid = str(s.get("incident_id") or "")
@@ -452,8 +453,10 @@ class IncidentService:
             seen.add(iid)
             inc = self.store.get_incident(iid)
             if inc and inc.get("state") in ACTIVE:
-                return inc
-        return None
+                yield inc
+
+    def latest_active_incident(self, phone: str) -> dict[str, Any] | None:
+        return next(self._active_incidents_texted(phone), None)
 
     def reply(self, phone: str, body: str, now: datetime | None = None, message_sid: str | None = None) -> str:
         """A ranger's SMS reply -> the incident's new state; returns the text to answer with.
@@ -489,17 +492,8 @@ class IncidentService:
 
     def _pending_false(self, phone: str, at: datetime) -> dict[str, Any] | None:
         """An active incident on which this number's ranger asked for a false alarm, awaiting the second 2."""
-        seen: set[str] = set()
-        for s in self.store.sends_to(phone):
-            iid = str(s.get("incident_id") or "")
-            if not iid or iid in seen:
-                continue
-            seen.add(iid)
-            inc = self.store.get_incident(iid)
-            if inc and inc.get("state") in ACTIVE and inc.get("false_pending_phone") == phone \
-                    and self._pending_fresh(inc, at):
-                return inc
-        return None
+        return next((inc for inc in self._active_incidents_texted(phone)
+                     if inc.get("false_pending_phone") == phone and self._pending_fresh(inc, at)), None)
 
     @staticmethod
     def _pending_fresh(inc: Mapping[str, Any], at: datetime) -> bool:
