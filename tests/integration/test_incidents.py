@@ -27,14 +27,6 @@ def _iso(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@pytest.fixture()
-def clock(monkeypatch: pytest.MonkeyPatch) -> Any:
-    def set_to(t: dt.datetime) -> None:
-        monkeypatch.setenv("SENTINELA_NOW", _iso(t))
-
-    set_to(T0)
-    return set_to
-
 
 def site(store: Store, sid: str, rangers: list[dict[str, Any]], lead: str | None = None,
          policy: dict[str, Any] | None = None) -> None:

@@ -23,7 +23,7 @@ from sentinela.local.stack import LocalStack
 from sentinela.sms import segments, sign_request
 from sentinela.store import Store
 from tests.conftest import encode, impulse, tone
-from tests.integration.test_incidents import _iso, incidents, site, texts
+from tests.integration.test_incidents import incidents, site, texts
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +31,6 @@ T0 = dt.datetime(2026, 11, 28, 14, 0, tzinfo=dt.UTC)
 GUNSHOT = encode(impulse())
 CHAINSAW = encode(tone(6.0))
 
-
-@pytest.fixture()
-def clock(monkeypatch: pytest.MonkeyPatch) -> Any:
-    def set_to(t: dt.datetime) -> None:
-        monkeypatch.setenv("SENTINELA_NOW", _iso(t))
-
-    set_to(T0)
-    return set_to
 
 
 class Twilio:
