@@ -340,10 +340,10 @@ def score_clips(clips: Sequence[LabelledClip], model: Any, batch_size: int = 8) 
     """Each clip through classify_source; unreadable ones are recorded with their reason and skipped."""
     from .audio import AudioError
     from .classify import classify_source
-    from .training.progress import Progress
+    from .progress import Stage
 
     run = EvalRun()
-    prog = Progress(len(clips), "scoring clips")  # a bar with an ETA on a terminal, a line now and then in logs
+    prog = Stage(len(clips), "scoring clips")  # a bar with an ETA on a terminal, a line now and then in logs
     for clip in clips:
         prog.step()
         try:

@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .card import THREAT_CLASSES
 from .evaluate import BACKGROUND
+
+if TYPE_CHECKING:  # boto3 stays out of the CLI's import (a recorder-only install has none)
+    from .store import Store
 
 MANIFEST_COLUMNS = ("file", "label", "source_repo", "source_path", "source_commit", "license_note",
                     "duration_s", "sample_rate", "channels")
@@ -22,34 +25,22 @@ MANIFEST_COLUMNS = ("file", "label", "source_repo", "source_path", "source_commi
 
 def labelled_clips(items: list[dict[str, Any]]) -> tuple[dict[str, str], list[str]]:
     """clip_id -> label folder, from the table's items; and the clips left out (with why)."""
-    clips = {str(i["clip_id"]): i for i in items if i.get("type") == "clip"}
     incidents = {str(i["incident_id"]): i for i in items if i.get("type") == "incident"}
-    out: dict[str, str] = {}
-    conflicts: list[str] = []
-    for cid, c in clips.items():
-        if c.get("label") == "false_alarm":
-            out[cid] = BACKGROUND
-    for m in items:
-        if m.get("type") != "incident_member":
-            continue
-        inc = incidents.get(str(m.get("incident_id")))
-        threat = str(m.get("threat", ""))
-        if inc is None or inc.get("state") != "resolved" or threat not in THREAT_CLASSES:
-            continue
-        cid = str(m["clip_id"])
-        if out.get(cid, threat) != threat:
-            conflicts.append(f"{cid}: labelled {out[cid]} and confirmed {threat}")
-            out.pop(cid)
-            continue
-        out[cid] = threat
-    bad = {c.split(":", 1)[0] for c in conflicts}
-    return {k: v for k, v in out.items() if k not in bad}, conflicts
+    verdicts: dict[str, set[str]] = {}
+    for i in items:
+        if i.get("type") == "clip" and i.get("label") == "false_alarm":
+            verdicts.setdefault(str(i["clip_id"]), set()).add(BACKGROUND)
+        elif i.get("type") == "incident_member" and str(i.get("threat", "")) in THREAT_CLASSES and \
+                incidents.get(str(i.get("incident_id")), {}).get("state") == "resolved":
+            verdicts.setdefault(str(i["clip_id"]), set()).add(str(i["threat"]))
+    labels = {cid: next(iter(v)) for cid, v in verdicts.items() if len(v) == 1}
+    conflicts = [f"{cid}: contradictory verdicts {', '.join(sorted(v))}" for cid, v in sorted(verdicts.items())
+                 if len(v) > 1]
+    return labels, conflicts
 
 
-def export(table: Any, s3: Any, out_dir: Path) -> dict[str, Any]:
-    from .store import Store
-
-    items = Store._all(table.scan, {})
+def export(store: Store, s3: Any, out_dir: Path) -> dict[str, Any]:
+    items = store.scan_all()
     labels, conflicts = labelled_clips(items)
     clips = {str(i["clip_id"]): i for i in items if i.get("type") == "clip"}
     rows: list[dict[str, Any]] = []
@@ -86,9 +77,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     import boto3
 
     from .cli import _stack_output
+    from .store import Store
 
     table_name = args.table or _stack_output(args.stack, "DataTableName")
-    result = export(boto3.resource("dynamodb").Table(table_name), boto3.client("s3"), Path(args.out))
+    result = export(Store(table_name), boto3.client("s3"), Path(args.out))
     if args.json:
         from .cli import emit_json
 
@@ -97,7 +89,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"exported {result['clips']} labelled clip(s) to {result['out']}: "
               + (", ".join(f"{k} {v}" for k, v in sorted(result["per_label"].items())) or "none"))
         for line in result["conflicts"]:
-            print(f"  left out (contradictory verdicts): {line}")
+            print(f"  left out: {line}")
         for line in result["missing"]:
             print(f"  left out (could not download): {line}")
         print(f"train on it: sentinela train ../shared/audio/dev ../shared/audio/train {result['out']}")

@@ -1,4 +1,4 @@
-"""Progress with an ETA for the long-running tools (demo, and eval/train when they adopt it).
+"""Progress with an ETA for the long-running tools (demo; eval and train through ``Stage``).
 
 Shown only when the stream is a terminal: piped or captured output (CI, `--json`, tests) stays exactly
 what it was. tqdm is a tools dependency (the ``tools`` extra), never the Lambda runtime's: without it,
@@ -74,6 +74,42 @@ def progress(total: int | None, desc: str, unit: str = "it", stream: TextIO | No
     # A terminal that reports no size (a pty under `script`, some CI runners) would get a zero-width bar.
     width = shutil.get_terminal_size((100, 24)).columns or 100
     return _Tqdm(tqdm(total=total, desc=desc, unit=unit, file=out, ncols=min(width, 120), leave=False))
+
+
+class Stage:
+    """A long stage of a tool (training, eval): ``progress``'s bar on a terminal, and otherwise a line with
+    the ETA every ``every_s`` seconds on stderr, so that CI logs show where a run is; ``close`` says once
+    that it is done and how long it took."""
+
+    def __init__(self, total: int, what: str, every_s: float = 15.0) -> None:
+        import time
+
+        self._clock = time.perf_counter
+        self.total, self.what, self.every_s = max(0, total), what, every_s
+        self.n = 0
+        self.t0 = self._last = self._clock()
+        self._tty = sys.stderr.isatty()
+        self._bar = progress(total=self.total, desc=what, unit="")
+
+    def step(self, n: int = 1) -> None:
+        self.n += n
+        self._bar.update(n)
+        now = self._clock()
+        if not self._tty and now - self._last >= self.every_s and self.n < self.total:
+            self._last = now
+            rate = self.n / max(now - self.t0, 1e-9)
+            eta = (self.total - self.n) / rate if rate > 0 else float("inf")
+            log(f"{self.what}: {self.n}/{self.total}, {now - self.t0:.0f} s, ETA {eta:.0f} s")
+
+    def close(self) -> float:
+        self._bar.close()
+        took = self._clock() - self.t0
+        log(f"{self.what}: {self.n}/{self.total} done in {took:.0f} s")
+        return took
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

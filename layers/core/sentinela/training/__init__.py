@@ -12,5 +12,5 @@ Where things are (the recipe itself is one dataclass in ``recipe.py``):
 - ``thresholds``: alert thresholds from cross-source out-of-fold clip scores.
 - ``export``: the head as ONNX, and the card update.
 - ``report``: models/TRAINING_REPORT.md and training_report.json.
-- ``command``: the CLI command and its progress lines.
+- ``command``: the CLI command (its progress lines: ``sentinela.progress.Stage``).
 """

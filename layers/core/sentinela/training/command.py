@@ -16,12 +16,12 @@ import numpy as np
 
 from ..card import THREAT_CLASSES, CardError, load_card
 from ..evaluate import BACKGROUND, LABELS, DatasetError, manifest_hash
+from ..progress import log
 from . import crosssource
 from .data import load_folders
 from .embed import TrainError, build_mixes, embed_all, embedding_model, model_key
 from .export import check_onnx, head_onnx_bytes, update_card
 from .fit import HEAD_CLASSES, Blend, Prior, base_rows, fit_head
-from .progress import log
 from .recipe import BASELINE, COMMITTED, NON_BIRD_LOGITS, Recipe, variants
 from .report import background_alerting, findings, render, render_variants, summary
 from .thresholds import choose_thresholds, quiet_thresholds

@@ -20,9 +20,9 @@ import numpy as np
 
 from ..card import THREAT_CLASSES
 from ..evaluate import BACKGROUND, roc_auc
+from ..progress import Stage
 from .embed import Embedded, Mixes
-from .fit import BLEND_GRID, Prior, base_logits, clip_matrix, fit_head, window_probs
-from .progress import Progress
+from .fit import BLEND_GRID, HEAD_CLASSES, Prior, base_logits, clip_matrix, fit_head, window_probs
 from .recipe import Recipe
 from .thresholds import at_recall, choose_thresholds, metrics_at
 
@@ -48,6 +48,10 @@ class CrossSource:
     folder_to_folder: dict[str, Any] = field(default_factory=dict)
     blend: dict[str, float] | None = None  # per class, the head's share (chosen on every clip's OOF scores)
     blend_range: dict[str, list[float]] | None = None  # what each held-out unit's choice ranged over
+    # With a blend: each share's clip scores [clips, threats], and each clip's base-model logits per window
+    # (folder_to_folder chooses its own share on them)
+    blend_grid: dict[float, np.ndarray] | None = None
+    base_win: list[np.ndarray] | None = None
 
 
 def _units(data: Sequence[Embedded]) -> tuple[list[str], str]:
@@ -70,7 +74,7 @@ def _describe(data: Sequence[Embedded]) -> tuple[list[str], list[str], list[floa
 def leave_one_source_out(data: Sequence[Embedded], mixes: Mixes | None, r: Recipe,
                          tick: Callable[[], None] | None = None, prior: Prior | None = None) -> CrossSource:
     units, scheme = _units(data)
-    k = len(HEAD_COLUMNS)
+    k = len(HEAD_CLASSES)
     win: list[np.ndarray] = [np.zeros((0, k), np.float32)] * len(data)
     for u in sorted(set(units)):
         test = [i for i, v in enumerate(units) if v == u]
@@ -83,12 +87,7 @@ def leave_one_source_out(data: Sequence[Embedded], mixes: Mixes | None, r: Recip
                 win[i] = p
         if tick:
             tick()
-    cs = CrossSource(r, clip_matrix(win, None, None), units, scheme, win=win)
-    score_cross_source(cs, data)
-    return cs
-
-
-HEAD_COLUMNS = (*THREAT_CLASSES, BACKGROUND)
+    return CrossSource(r, clip_matrix(win, None, None), units, scheme, win=win)
 
 
 def _choose_blend(grid: Mapping[float, np.ndarray], labels: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -123,8 +122,7 @@ def apply_blend(cs: CrossSource, data: Sequence[Embedded], rows: Prior) -> None:
     by_unit = {u: _choose_blend(grid, labels, units != u) for u in sorted(set(cs.fold_of))}
     cs.blend_range = {c: sorted({float(a[j]) for a in by_unit.values()}) for j, c in enumerate(THREAT_CLASSES)}
     score_cross_source(cs, data, lambda u: _assemble(grid, by_unit[u]))
-    cs._grid = grid  # type: ignore[attr-defined]  # folder_to_folder chooses its blend on it
-    cs._zwin = zwin  # type: ignore[attr-defined]
+    cs.blend_grid, cs.base_win = grid, zwin
 
 
 def score_cross_source(cs: CrossSource, data: Sequence[Embedded],
@@ -175,8 +173,7 @@ def folder_to_folder(data: Sequence[Embedded], mixes: Mixes | None, r: Recipe, c
         return out
     labels, rels, durs = _describe(data)
     lab = np.asarray(labels)
-    grid = getattr(cs, "_grid", None)
-    zwin = getattr(cs, "_zwin", None)
+    grid, zwin = cs.blend_grid, cs.base_win
     for a_name in folders:
         train = [i for i, e in enumerate(data) if e.folder == a_name]
         mask = np.array([e.folder == a_name for e in data])
@@ -210,10 +207,12 @@ def run(data: Sequence[Embedded], mixes: Mixes | None, r: Recipe, what: str,
         prior: Prior | None = None, blend_rows: Prior | None = None) -> CrossSource:
     n_units = len(set(_units(data)[0]))
     n_folders = len({e.folder for e in data})
-    prog = Progress(n_units + (n_folders * (n_folders - 1) if n_folders > 1 else 0), what)
+    prog = Stage(n_units + (n_folders * (n_folders - 1) if n_folders > 1 else 0), what)
     cs = leave_one_source_out(data, mixes, r, prog.step, prior)
     if r.base_blend and blend_rows is not None:
-        apply_blend(cs, data, blend_rows)
+        apply_blend(cs, data, blend_rows)  # scores the honest figures with each unit's own blend
+    else:
+        score_cross_source(cs, data)
     cs.folder_to_folder = folder_to_folder(data, mixes, r, cs, prog.step, prior)
     prog.close()
     return cs

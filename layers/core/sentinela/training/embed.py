@@ -26,7 +26,7 @@ import soxr
 from ..activity import MIN_SAMPLE_RATE, has_signal
 from ..card import ModelCard
 from ..evaluate import BACKGROUND, LabelledClip, file_sha256
-from .progress import Progress, log
+from ..progress import Stage, log
 
 BANDLIMIT_RATES = (8000, 16000, 22050)
 CACHE_VERSION = 1
@@ -190,7 +190,7 @@ def embed_all(model: Any, clips: Sequence[tuple[str, LabelledClip]], cache: Path
 
     done: list[Embedded] = []
     skipped: list[dict[str, str]] = []
-    prog = Progress(len(clips), "embedding clips" + (" (+ band-limited copies)" if bandlimit else ""))
+    prog = Stage(len(clips), "embedding clips" + (" (+ band-limited copies)" if bandlimit else ""))
     for folder, clip in clips:
         try:
             done.append(embed_clip(model, folder, clip, file_sha256(clip.path), cache, bandlimit))
@@ -250,7 +250,7 @@ def build_mixes(model: Any, data: Sequence[Embedded], classes: Sequence[str], ca
     for n, (_, b, _, _) in enumerate(plan):
         by_bg.setdefault(b, []).append(n)
     mixed: list[np.ndarray] = [np.zeros(0, np.float32)] * len(plan)
-    prog = Progress(len(by_bg), "mixing threats into background")
+    prog = Stage(len(by_bg), "mixing threats into background")
     for b, rows in by_bg.items():
         x = _decode(data[b].clip, card.sample_rate)
         for n in rows:

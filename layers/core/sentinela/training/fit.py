@@ -301,12 +301,3 @@ def clip_matrix(win: Sequence[np.ndarray], zwin: Sequence[np.ndarray] | None, a:
             out[n] = s.max(axis=0)
     return out
 
-
-def clip_scores(head: Head, data: Sequence[Embedded], idx: Sequence[int]) -> np.ndarray:
-    """float [len(idx), threats]: each threat column's highest window probability, as the Detector scores."""
-    out = np.zeros((len(idx), len(THREAT_CLASSES)))
-    for n, i in enumerate(idx):
-        x = data[i].emb[data[i].signal]
-        if len(x):  # windows without signal score 0 in classify, so here too
-            out[n] = head.predict(x)[:, : len(THREAT_CLASSES)].max(axis=0)
-    return out

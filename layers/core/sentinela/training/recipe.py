@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-COMMITTED_C = 0.001
-
 
 @dataclass(frozen=True)
 class Recipe:
@@ -58,7 +56,7 @@ NON_BIRD_LOGITS = (*THREAT_LOGITS, "Siren_Siren", "Fireworks_Fireworks", "Human 
 # class blended with BirdNET's own label where that ranks the class better on sources never fitted, and
 # refitted on the windows of each threat clip that hold the threat (MIL). What did not help across sources:
 # band-limited copies, mixes, hard negatives, one-vs-rest sigmoids.
-COMMITTED = Recipe(name="committed", c=COMMITTED_C, softmax=True, clip_weight=True, source_power=0.5,
+COMMITTED = Recipe(name="committed", c=0.001, softmax=True, clip_weight=True, source_power=0.5,
                    class_balance=True, mil=True, bandlimit=False, logit_labels=NON_BIRD_LOGITS, logit_scale=10.0,
                    base_blend=True)
 
