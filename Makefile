@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 install: $(STAMP) ## create .venv and install sentinela with its pinned dependencies
 
 test: $(STAMP) ## lint, type-check, validate template.yaml, run every test
-	$(BIN)/ruff check layers functions tests models/build
+	$(BIN)/ruff check layers tools functions tests models/build
 	$(BIN)/mypy
-	$(BIN)/python -m sentinela.devtools.validate_template template.yaml
+	$(BIN)/python -m sentinela_tools.devtools.validate_template template.yaml
 	$(MAKE) --no-print-directory scan
 	$(BIN)/python -m pytest -q
 
@@ -34,11 +34,11 @@ integration: $(STAMP) ## run the integration tests (local stack) only
 	$(BIN)/python -m pytest -q tests/integration
 
 lint: $(STAMP) ## ruff + mypy
-	$(BIN)/ruff check layers functions tests models/build
+	$(BIN)/ruff check layers tools functions tests models/build
 	$(BIN)/mypy
 
 validate: $(STAMP) ## cfn-lint + SAM transform + cfn-lint on the transformed template
-	$(BIN)/python -m sentinela.devtools.validate_template template.yaml
+	$(BIN)/python -m sentinela_tools.devtools.validate_template template.yaml
 
 # checkov pins its own dependencies (boto3 among them), so it lives in a venv of its own, kept in .cache.
 CHECKOV_VERSION := 3.3.30
@@ -54,7 +54,7 @@ $(CHECKOV_STAMP):
 	@touch $@
 
 scan: $(STAMP) $(CHECKOV_STAMP) ## policy scan: checkov on template.yaml and on the SAM-translated template
-	$(BIN)/python -m sentinela.devtools.scan_template --checkov $(CHECKOV) template.yaml
+	$(BIN)/python -m sentinela_tools.devtools.scan_template --checkov $(CHECKOV) template.yaml
 
 model: ## build and verify the BirdNET V2.4 ONNX model (cached; seconds when present)
 	$(PYTHON) models/build/build_model.py

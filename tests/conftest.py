@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sentinela.card import ModelCard, load_card
-from sentinela.devtools import tiny_model
-from sentinela.model import Model
+from sentinela.adapters.model import Model
+from sentinela.domain.card import ModelCard, load_card
+from sentinela_tools.devtools import tiny_model
 
 SR = 48000
 
@@ -34,7 +34,7 @@ def tiny(tiny_card: ModelCard) -> Model:
 def impulse(seconds: float = 10.0, at: float = 4.0, sr: int = SR, amp: float = 0.9, floor: float = 3e-4) -> np.ndarray:
     """A gun-like impulse over a recorder's faint noise floor (-70 dBFS): the tiny model's gunshot. Without
     any floor, a window holding only a 4-ms pulse in digital silence is no sound at all to the activity gate
-    (sentinela.activity), as a lone click is."""
+    (sentinela.domain.activity), as a lone click is."""
     x = (floor * np.random.default_rng(int(at * 1000)).standard_normal(int(seconds * sr))).astype(np.float32)
     i = int(at * sr)
     x[i : i + sr // 240] = amp

@@ -11,8 +11,9 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from sentinela import events, runtime
-from sentinela.store import from_ddb
+from sentinela import runtime
+from sentinela.adapters import events
+from sentinela.adapters.store import from_ddb
 
 logger = Logger()
 # The core's loggers (sentinela.*) write through this logger's handler and formatter: JSON lines with

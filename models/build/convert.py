@@ -243,7 +243,7 @@ def _build_fft_variant(model: Any, folds: list[surgery.Fold], full_onnx: Path, d
         "frontend_sha256": source.sha256_file(fe_path), "quantised": False,
         "graph_edits": ["cut after the spectrogram (input 'spectrogram' [batch, 2, 96, 511], NCHW)",
                         "spectrogram: numpy rFFT real part, mel filterbank on the bins it reads "
-                        "(sentinela.frontend)"],
+                        "(sentinela.adapters.frontend)"],
         "check": {k: (float(f"{v:.7g}" if "cosine" in k else f"{v:.3g}") if isinstance(v, float) else v)
                   for k, v in result.items()},
     }

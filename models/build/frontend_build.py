@@ -5,7 +5,7 @@ fold, before they are multiplied into the DFT matrices), the two powers applied 
 energies. The frame hops (278 and 280 samples) and the 511 frames are BirdNET V2.4's settings; check()
 proves all of it (and the normalisation) by comparing the FFT path with the graph's own spectrogram.
 Needs onnx, onnxruntime and numpy (the build venv or the dev venv), and the runtime's
-``sentinela.frontend`` module, which is numpy only.
+``sentinela.adapters.frontend`` module, which is numpy only.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "layers" / "core"))
 
 import onnx_surgery as surgery  # noqa: E402
 
-from sentinela.frontend import Frontend, Spectrogram  # noqa: E402
+from sentinela.adapters.frontend import Frontend, Spectrogram  # noqa: E402
 
 # BirdNET V2.4's two spectrograms, in the order of the graph's Concat (channel 0, channel 1).
 SPECS = ("MEL_SPEC1", "MEL_SPEC2")

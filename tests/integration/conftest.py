@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sentinela.local.stack import LocalStack
-from sentinela.store import Store
+from sentinela.adapters.store import Store
+from sentinela_tools.local.stack import LocalStack
 
 
 @pytest.fixture(scope="module")

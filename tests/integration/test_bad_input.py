@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 from sentinela import runtime
-from sentinela.keys import make_key
-from sentinela.local.stack import LocalStack
-from sentinela.pipeline import _TAG_SAFE
-from sentinela.store import Store
+from sentinela.adapters.store import Store
+from sentinela.domain.keys import make_key
+from sentinela.services.pipeline import _TAG_SAFE
+from sentinela_tools.local.stack import LocalStack
 from tests.conftest import SR, encode, impulse, noise, tone, unknown_length_flac
 from tests.integration.conftest import seed
 from tests.integration.docs_section import check_section

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sentinela.cli import main
+from sentinela_tools.cli import main
 from tests.conftest import SR, encode, impulse, noise, tone
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from sentinela import events
-from sentinela.local.stack import FakeContext, LocalStack
-from sentinela.store import Store
+from sentinela.adapters import events
+from sentinela.adapters.store import Store
+from sentinela_tools.local.stack import FakeContext, LocalStack
 from tests.integration.aws_events import samples
 from tests.integration.docs_section import check_section
 

@@ -17,9 +17,9 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from sentinela import runtime
-from sentinela.local.stack import LocalStack
-from sentinela.ops_cli import local_replayer, local_status, render_status
-from sentinela.store import Store
+from sentinela.adapters.store import Store
+from sentinela_tools.local.stack import LocalStack
+from sentinela_tools.ops_cli import local_replayer, local_status, render_status
 from tests.conftest import SR, encode, impulse, noise
 from tests.integration.conftest import seed
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from sentinela.local.stack import LocalStack
-from sentinela.store import Store
+from sentinela.adapters.store import Store
+from sentinela_tools.local.stack import LocalStack
 from tests.conftest import encode, impulse, noise
 from tests.integration.conftest import seed
 
@@ -21,7 +21,7 @@ def _clip(store: Store, key: str) -> dict:
 
 
 def _sends(store: Store, clip: dict) -> list[dict]:
-    """SMS items live under the incident the clip's alert opened (sentinela.incidents), not the clip."""
+    """SMS items live under the incident the clip's alert opened (sentinela.services.incidents), not the clip."""
     (alert,) = store.alerts(clip["clip_id"])
     return store.sends(f"INC#{alert['incident_id']}")
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from sentinela import devices
-from sentinela.local.stack import LocalStack
-from sentinela.store import Store
+from sentinela.adapters.store import Store
+from sentinela.services import devices
+from sentinela_tools.local.stack import LocalStack
 from tests.integration.docs_section import check_section
 
 pytestmark = pytest.mark.integration

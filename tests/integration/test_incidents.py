@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from sentinela import runtime
-from sentinela.local.stack import LocalStack
-from sentinela.sms import segments
-from sentinela.store import Store, to_ddb
+from sentinela.adapters.store import Store, to_ddb
+from sentinela.domain.phone import segments
+from sentinela_tools.local.stack import LocalStack
 from tests.conftest import encode, impulse
 
 pytestmark = pytest.mark.integration

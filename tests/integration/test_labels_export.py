@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from sentinela.cli import main
-from sentinela.devtools import tiny_model
-from sentinela.evaluate import scan_dataset
-from sentinela.local.stack import LocalStack
-from sentinela.store import Store
+from sentinela.adapters.store import Store
+from sentinela_tools.cli import main
+from sentinela_tools.devtools import tiny_model
+from sentinela_tools.evaluate import scan_dataset
+from sentinela_tools.local.stack import LocalStack
 from tests.conftest import encode, impulse
 
 pytestmark = pytest.mark.integration

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from sentinela.devtools.template_reader import load_template
-from sentinela.local.stack import LocalStack
-from sentinela.store import Store
+from sentinela.adapters.store import Store
+from sentinela_tools.devtools.template_reader import load_template
+from sentinela_tools.local.stack import LocalStack
 from tests.conftest import encode, impulse
 
 pytestmark = pytest.mark.integration

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
-from sentinela.local.stack import LocalStack
-from sentinela.sms import segments, sign_request
-from sentinela.store import Store
+from sentinela.adapters.sms import sign_request
+from sentinela.adapters.store import Store
+from sentinela.domain.phone import segments
+from sentinela_tools.local.stack import LocalStack
 from tests.conftest import encode, impulse, tone
 from tests.integration.test_incidents import incidents, site, texts
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from sentinela.local.stack import LocalStack
-from sentinela.ops_cli import local_status
-from sentinela.store import Store
+from sentinela.adapters.store import Store
+from sentinela_tools.local.stack import LocalStack
+from sentinela_tools.ops_cli import local_status
 from tests.conftest import encode, noise
 from tests.integration.conftest import seed
 

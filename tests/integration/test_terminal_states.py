@@ -17,11 +17,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 from sentinela import runtime
-from sentinela.audio import SignalStats
-from sentinela.local.stack import LocalStack
-from sentinela.model import Model
-from sentinela.pipeline import TIMEOUT_MARGIN_S
-from sentinela.store import Store
+from sentinela.adapters.audio import SignalStats
+from sentinela.adapters.model import Model
+from sentinela.adapters.store import Store
+from sentinela.services.pipeline import TIMEOUT_MARGIN_S
+from sentinela_tools.local.stack import LocalStack
 from tests.conftest import encode, impulse
 from tests.integration.docs_section import check_section
 
@@ -62,7 +62,8 @@ STAGES: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None], str]] = [
      lambda m: m.setattr(runtime.s3(), "download_fileobj", _once(runtime.s3().download_fileobj,
                                                                 _client_error("SlowDown"))), "processed"),
     ("decode", "RuntimeError in the decoder",
-     lambda m: m.setattr("sentinela.pipeline.classify_source", _raiser(RuntimeError("decoder crashed"))), "failed"),
+     lambda m: m.setattr("sentinela.services.pipeline.classify_source",
+                         _raiser(RuntimeError("decoder crashed"))), "failed"),
     ("model", "onnxruntime error",
      lambda m: m.setattr(Model, "run", _raiser(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION"))),
      "failed"),

@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sentinela.devices import add_device, revoke_device
-from sentinela.local.stack import LocalStack
-from sentinela.store import Store
-from sentinela.uploader import AuthError, Uploader
+from sentinela.adapters.store import Store
+from sentinela.services.devices import add_device, revoke_device
+from sentinela_tools.local.stack import LocalStack
+from sentinela_tools.uploader import AuthError, Uploader
 from tests.conftest import SR, impulse, noise
 
 pytestmark = pytest.mark.integration

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sentinela.audio import AudioError, probe, read_mono, windows
+from sentinela.adapters.audio import AudioError, probe, read_mono, windows
 from tests.conftest import SR, encode, noise, tone, unknown_length_flac
 
 WIN, HOP = 144000, 72000
@@ -173,7 +173,7 @@ def test_unknown_length_flac_cut_short_is_rejected_with_where() -> None:
 @pytest.mark.parametrize("rate,channels", [(8000, 1), (48000, 1), (48000, 2), (192000, 8), (655350, 8),
                                            (655350, 1), (384000, 32)])
 def test_a_block_is_bounded_in_samples_whatever_the_rate_and_channels(rate: int, channels: int) -> None:
-    from sentinela.audio import BLOCK_SAMPLES, block_frames
+    from sentinela.adapters.audio import BLOCK_SAMPLES, block_frames
 
     frames = block_frames(rate, channels)
     assert 0 < frames * channels <= BLOCK_SAMPLES
@@ -189,7 +189,7 @@ def test_float_samples_far_beyond_full_scale_are_rejected_not_stored_as_inf() ->
 
 
 def test_signal_stats_stay_finite_where_float32_squares_overflow() -> None:
-    from sentinela.audio import SignalStats
+    from sentinela.adapters.audio import SignalStats
 
     st = SignalStats()
     st.update(np.full(1000, 1e30, np.float32))  # (1e30)**2 is inf in float32

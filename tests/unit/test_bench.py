@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from sentinela.bench import TARGETS, synth, write_clip
-from sentinela.cli import main
-from sentinela.devtools.tiny_model import build
+from sentinela_tools.bench import TARGETS, synth, write_clip
+from sentinela_tools.cli import main
+from sentinela_tools.devtools.tiny_model import build
 
 
 def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:

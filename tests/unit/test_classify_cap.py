@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinela.cli import main
+from sentinela_tools.cli import main
 from tests.conftest import encode, noise, unknown_length_flac
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sentinela import cli
-from sentinela.cli import main
+from sentinela_tools import cli
+from sentinela_tools.cli import main
 from tests.unit.test_rangers_cli import table  # noqa: F401  (the moto table fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,7 +126,7 @@ class Block(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 sys.meta_path.insert(0, Block())
-from sentinela.cli import main
+from sentinela_tools.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinela.demo import find_audio
+from sentinela_tools.demo import find_audio
 
 REPO = Path(__file__).resolve().parents[2]
 PACK = REPO / "demo" / "audio"
@@ -37,7 +37,7 @@ def test_demo_on_the_pack_opens_incidents_and_texts() -> None:
     if not (REPO / "models" / "dist" / "birdnet_v24.onnx").exists():
         pytest.skip("the built BirdNET model is absent (make model)")
     # A process of its own: the handlers keep their model loaded, and earlier tests load the tiny one.
-    run = subprocess.run([sys.executable, "-m", "sentinela.cli", "demo", "--audio", str(PACK), "--json"],
+    run = subprocess.run([sys.executable, "-m", "sentinela_tools.cli", "demo", "--audio", str(PACK), "--json"],
                          capture_output=True, text=True, cwd=REPO, timeout=600, env=os.environ | {"MODEL_CARD": ""})
     assert run.returncode == 0, run.stderr[-2000:]
     res = json.loads(run.stdout)
@@ -48,7 +48,7 @@ def test_demo_on_the_pack_opens_incidents_and_texts() -> None:
 
 
 def test_progress_is_silent_off_a_terminal_and_shows_an_eta_on_one() -> None:
-    from sentinela.progress import progress
+    from sentinela_tools.progress import progress
 
     quiet = io.StringIO()
     with progress(total=3, desc="x", stream=quiet) as bar:

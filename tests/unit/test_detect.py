@@ -1,9 +1,10 @@
 import numpy as np
 
-from sentinela.card import ModelCard
-from sentinela.classify import classify_source
-from sentinela.detect import Detector
-from sentinela.model import Model, WindowBatch
+from sentinela.adapters.model import Model
+from sentinela.domain.card import ModelCard
+from sentinela.domain.detect import Detector
+from sentinela.domain.scoring import WindowBatch
+from sentinela.services.classify import classify_source
 from tests.conftest import SR, encode, impulse, noise, tone
 
 
@@ -48,7 +49,7 @@ def test_confirmation_rule_holds_back_a_single_window(tiny_card: ModelCard) -> N
 def test_decisions_carry_the_quiet_operating_point_and_eval_can_apply_it(tiny_card: ModelCard) -> None:
     from dataclasses import replace
 
-    from sentinela.card import at_operating_point
+    from sentinela.domain.card import at_operating_point
 
     rules = dict(tiny_card.threats)
     rules["gunshot"] = replace(rules["gunshot"], quiet=0.97)

@@ -1,4 +1,4 @@
-"""sentinela.events: what each handler accepts, checked before anything acts (pure, no cloud)."""
+"""sentinela.adapters.events: what each handler accepts, checked before anything acts (pure, no cloud)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from sentinela import events
-from sentinela.incidents import reply_code, reply_ref
+from sentinela.adapters import events
+from sentinela.services.incidents import reply_code, reply_ref
 
 
 def _v2(body: str = "", b64: bool = False) -> dict[str, Any]:

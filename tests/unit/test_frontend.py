@@ -1,4 +1,4 @@
-"""The FFT front end (sentinela.frontend) and the card's model variants; no real model needed."""
+"""The FFT front end (sentinela.adapters.frontend) and the card's model variants; no real model needed."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sentinela.card import CardError, load_card, variants, with_variant
-from sentinela.frontend import Frontend, Spectrogram
-from sentinela.model import Model
+from sentinela.adapters.frontend import Frontend, Spectrogram
+from sentinela.adapters.model import Model
+from sentinela.domain.card import CardError, load_card, variants, with_variant
 
 BANDS, FRAMES = 8, 100
 
@@ -159,7 +159,7 @@ def test_quantgate_passes_a_variant_identical_to_the_graph_and_reports_every_fig
 
     import soundfile as sf
 
-    from sentinela.cli import main
+    from sentinela_tools.cli import main
 
     for f in tiny_card_path.parent.iterdir():
         shutil.copy(f, tmp_path / f.name)
@@ -191,7 +191,7 @@ def test_quantgate_json_on_stdout_is_json_alone(tiny_card_path: Path, tmp_path: 
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     import soundfile as sf
 
-    from sentinela.cli import main
+    from sentinela_tools.cli import main
 
     (tmp_path / "data" / "background").mkdir(parents=True)
     noise = 1e-3 * np.random.default_rng(4).standard_normal(4 * 48000)

@@ -2,7 +2,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sentinela.keys import BadKey, make_key, parse_event_key, parse_key
+from sentinela.domain.keys import BadKey, make_key, parse_event_key, parse_key
 
 
 def test_parses_a_good_key() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sentinela.card import load_card
-from sentinela.metrics import add_dimensioned_metric
+from sentinela.adapters.metrics import add_dimensioned_metric
+from sentinela.domain.card import load_card
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from sentinela.audio import _wav_declared_frames
-from sentinela.ops_cli import Replayer
-from sentinela.silence import recovery_text, silence_text
-from sentinela.sms import mask_numbers
+from sentinela.adapters.audio import _wav_declared_frames
+from sentinela.domain.phone import mask_numbers
+from sentinela.services.silence import recovery_text, silence_text
+from sentinela_tools.ops_cli import Replayer
 from tests.conftest import encode, noise
 
 

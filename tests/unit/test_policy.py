@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from sentinela.incidents import reply_code
-from sentinela.messages import THREAT_WORDS, render_alert, render_escalation, render_reply, render_update
-from sentinela.policy import class_policy, evaluate, load_policy, validate_override, windows_within
-from sentinela.roster import RosterError, is_on_call, parse_shift, validate
-from sentinela.sms import segments
+from sentinela.domain.messages import THREAT_WORDS, render_alert, render_escalation, render_reply, render_update
+from sentinela.domain.phone import segments
+from sentinela.domain.policy import class_policy, evaluate, load_policy, validate_override, windows_within
+from sentinela.services.incidents import reply_code
+from sentinela.services.roster import RosterError, is_on_call, parse_shift, validate
 
 ALERT = {"clip_id": "s/d/20261128T140000Z@v1", "threat": "gunshot", "confidence": 0.91, "threshold": 0.5,
          "alerting_windows": 2, "first_s": 3.0, "site_id": "s", "device_id": "d",

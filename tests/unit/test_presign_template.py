@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sentinela.devtools.template_reader import load_template
+from sentinela_tools.devtools.template_reader import load_template
 
 REPO = Path(__file__).resolve().parents[2]
 BUCKET = "${AWS::StackName}-clips-${AWS::AccountId}-${AWS::Region}"

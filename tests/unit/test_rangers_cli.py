@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sentinela.cli import main
-from sentinela.devtools.template_reader import load_template, table_specs
+from sentinela_tools.cli import main
+from sentinela_tools.devtools.template_reader import load_template, table_specs
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,7 +1,7 @@
 import pytest
 
-from sentinela.messages import gsm_safe, render_alert
-from sentinela.sms import mask_phone, segments, valid_e164
+from sentinela.domain.messages import gsm_safe, render_alert
+from sentinela.domain.phone import mask_phone, segments, valid_e164
 
 ALERT = {"clip_id": "s/d/20261128T143210Z@v1", "threat": "chainsaw", "confidence": 0.934,
          "site_id": "s", "recorded_at": "2026-11-28T14:32:10Z"}

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sentinela.devtools.template_reader import (
+from sentinela_tools.devtools.template_reader import (
     TemplateError,
     load_template,
     loads_template,
@@ -24,7 +24,7 @@ from sentinela.devtools.template_reader import (
     stream_event_settings,
     table_specs,
 )
-from sentinela.devtools.validate_template import (
+from sentinela_tools.devtools.validate_template import (
     STAGE_LINT,
     STAGE_LINT_TRANSLATED,
     STAGE_TRANSFORM,
@@ -92,7 +92,7 @@ def _cli(path: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "layers" / "core"), env.get("PYTHONPATH")) if p)
     return subprocess.run(
-        [sys.executable, "-m", "sentinela.devtools.validate_template", str(path)],
+        [sys.executable, "-m", "sentinela_tools.devtools.validate_template", str(path)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -767,7 +767,7 @@ def test_silent_failures_are_alarmed_from_metrics_the_code_emits(tpl: dict[str, 
                if a.get("Namespace") == "Sentinela"}
     assert {("AlertsWithoutRanger", "notify"), ("SmsUndelivered", "sms_reply"),
             ("EscalationExhausted", "escalate")} <= emitted
-    src = "".join((REPO / "layers" / "core" / "sentinela" / f).read_text()
+    src = "".join((REPO / "layers" / "core" / "sentinela" / "services" / f).read_text()
                   for f in ("incidents.py", "silence.py", "pipeline.py"))
     src += (REPO / "functions" / "sms_reply" / "app.py").read_text()
     assert {("ClipsFailed", "classify"), ("WebhookMisconfigured", "sms_reply")} <= emitted

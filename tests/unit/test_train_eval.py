@@ -16,9 +16,9 @@ import soundfile as sf
 pytest.importorskip("sklearn")
 pytest.importorskip("onnx")
 
-from sentinela.cli import main
-from sentinela.devtools import tiny_model
-from sentinela.evaluate import LABELS, group_key
+from sentinela_tools.cli import main
+from sentinela_tools.devtools import tiny_model
+from sentinela_tools.evaluate import LABELS, group_key
 
 SR = 16000
 
@@ -124,9 +124,9 @@ def test_train_is_reproducible_given_the_embeddings(trained: dict[str, Path], tm
 def test_signal_free_windows_score_nothing(trained: dict[str, Path], tmp_path: Path) -> None:
     """Digital silence, a one-sample file and a 1 Hz file: no detection, no alert, with a
     head whose every column would otherwise answer (the tiny model has the real model's output shapes)."""
-    from sentinela.card import load_card, with_alert_override
-    from sentinela.classify import classify_source
-    from sentinela.model import Model
+    from sentinela.adapters.model import Model
+    from sentinela.domain.card import load_card, with_alert_override
+    from sentinela.services.classify import classify_source
 
     card = with_alert_override(load_card(trained["card"]), 0.0001)  # any score at all would alert
     model = Model(card, threads=1)
@@ -146,7 +146,7 @@ def test_signal_free_windows_score_nothing(trained: dict[str, Path], tmp_path: P
 
 
 def test_activity_gate_on_generated_windows() -> None:
-    from sentinela.activity import has_signal
+    from sentinela.domain.activity import has_signal
 
     w = 144000
     t = np.arange(w) / 48000
@@ -161,8 +161,8 @@ def test_activity_gate_on_generated_windows() -> None:
 
 
 def test_several_folders_sources_and_aliases(tmp_path: Path) -> None:
-    from sentinela.evaluate import scan_dataset, source_dataset
-    from sentinela.training.data import load_folders
+    from sentinela_tools.evaluate import scan_dataset, source_dataset
+    from sentinela_tools.training.data import load_folders
 
     a = _dataset(tmp_path / "a", per_label=2)
     b = _dataset(tmp_path / "b", per_label=2)
@@ -246,7 +246,7 @@ def test_group_key_keeps_one_recording_together() -> None:
 
 
 def test_thresholds_from_scores_and_the_quiet_point() -> None:
-    from sentinela.training.thresholds import QUIET_BUDGET, at_recall, choose_thresholds, quiet_thresholds
+    from sentinela_tools.training.thresholds import QUIET_BUDGET, at_recall, choose_thresholds, quiet_thresholds
 
     rng = np.random.default_rng(4)
     labels = ["gunshot"] * 20 + ["background"] * 100
@@ -269,11 +269,11 @@ def test_baseline_is_scikit_learns_plain_regression_and_the_head_exports_exactly
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from sentinela.evaluate import LabelledClip
-    from sentinela.training.embed import Embedded
-    from sentinela.training.export import check_onnx, head_onnx_bytes
-    from sentinela.training.fit import HEAD_CLASSES, fit_head
-    from sentinela.training.recipe import BASELINE, COMMITTED
+    from sentinela_tools.evaluate import LabelledClip
+    from sentinela_tools.training.embed import Embedded
+    from sentinela_tools.training.export import check_onnx, head_onnx_bytes
+    from sentinela_tools.training.fit import HEAD_CLASSES, fit_head
+    from sentinela_tools.training.recipe import BASELINE, COMMITTED
 
     rng = np.random.default_rng(5)
     data = []
@@ -294,7 +294,7 @@ def test_baseline_is_scikit_learns_plain_regression_and_the_head_exports_exactly
     # blended with base-model rows: still one small graph computing exactly what training measured
     from dataclasses import replace
 
-    from sentinela.training.fit import Blend, blend_scores
+    from sentinela_tools.training.fit import Blend, blend_scores
 
     bw, bb = rng.standard_normal((16, 5)), rng.standard_normal(5)
     a = np.array([1.0, 0.75, 0.5, 0.25, 0.0])
@@ -309,7 +309,7 @@ def test_baseline_is_scikit_learns_plain_regression_and_the_head_exports_exactly
 
 
 def test_card_refuses_a_quiet_threshold_below_the_alert_threshold(tmp_path: Path) -> None:
-    from sentinela.card import CardError, load_card
+    from sentinela.domain.card import CardError, load_card
 
     card = tiny_model.build(tmp_path / "m")
     raw = json.loads(card.read_text())

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sentinela.devices import hash_secret, new_secret, verify_secret
-from sentinela.presign import Refused, parse_recorded_at
-from sentinela.uploader import MultipartBody, recorded_at, wav_to_flac
+from sentinela.services.devices import hash_secret, new_secret, verify_secret
+from sentinela.services.presign import Refused, parse_recorded_at
+from sentinela_tools.uploader import MultipartBody, recorded_at, wav_to_flac
 
 
 @pytest.mark.parametrize(("subtype", "dtype", "peak"), [("PCM_16", "int16", 2**15), ("PCM_24", "int32", 2**23)])

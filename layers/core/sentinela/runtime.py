@@ -10,19 +10,19 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 
-from .config import Settings, default_card_path
-from .metrics import MetricSink
-from .store import Store
+from sentinela.adapters.metrics import MetricSink
+from sentinela.adapters.store import Store
+from sentinela.config import Settings, default_card_path
 
 # Each function's layers carry only what it uses (classify: numpy/onnxruntime; notify: twilio), so
 # the heavy modules are imported where they are needed, not here.
 if TYPE_CHECKING:
-    from .incidents import IncidentService
-    from .model import Model
-    from .notify import NotifyService
-    from .pipeline import ClassifyService
-    from .presign import PresignService
-    from .sms import SmsGateway
+    from sentinela.adapters.model import Model
+    from sentinela.adapters.sms import SmsGateway
+    from sentinela.services.incidents import IncidentService
+    from sentinela.services.notify import NotifyService
+    from sentinela.services.pipeline import ClassifyService
+    from sentinela.services.presign import PresignService
 
 
 @functools.cache
@@ -33,8 +33,8 @@ def settings() -> Settings:
 @functools.cache
 def model() -> Model:
     """Loaded once per container: session creation is the bulk of a cold start."""
-    from .card import load_card, with_alert_override
-    from .model import Model
+    from sentinela.adapters.model import Model
+    from sentinela.domain.card import load_card, with_alert_override
 
     card = with_alert_override(load_card(default_card_path()), settings().alert_threshold_override)
     return Model(card)
@@ -51,7 +51,7 @@ def s3() -> Any:
 
 
 def classify_service(metrics: MetricSink | None = None) -> ClassifyService:
-    from .pipeline import ClassifyService
+    from sentinela.services.pipeline import ClassifyService
 
     s = settings()
     import os
@@ -64,7 +64,7 @@ def classify_service(metrics: MetricSink | None = None) -> ClassifyService:
 
 @functools.cache
 def _gateway() -> SmsGateway:
-    from .sms import SmsGateway
+    from sentinela.adapters.sms import SmsGateway
 
     s = settings()
     secret = twilio_secret()
@@ -75,17 +75,17 @@ def _gateway() -> SmsGateway:
 
 
 def notify_service(metrics: MetricSink | None = None) -> NotifyService:
-    from .notify import NotifyService
+    from sentinela.services.notify import NotifyService
 
     s = settings()
     return NotifyService(store(), _gateway, metrics=metrics, attempts=s.sms_attempts, backoff_s=s.sms_backoff_s,
                          **_incident_options())
 
 
-# --- incidents, escalation and SMS replies (sentinela.incidents) ------------------------------------
+# --- incidents, escalation and SMS replies (sentinela.services.incidents) ------------------------------------
 def _incident_options() -> dict[str, Any]:
     """STATUS_CALLBACK_URL (Twilio delivery reports; unset: none), SMS_AUDIO_LINKS=1 (a presigned clip link
-    in an SMS of its own; default off), AUDIO_LINK_MINUTES (default 60), POLICY_FILE (sentinela.policy)."""
+    in an SMS of its own; default off), AUDIO_LINK_MINUTES (default 60), POLICY_FILE (sentinela.domain.policy)."""
     import os
 
     env = os.environ
@@ -110,7 +110,7 @@ def _s3_sigv4() -> Any:
 
 def incident_service(metrics: MetricSink | None = None) -> IncidentService:
     """The escalation sweep and the SMS replies; sends go through NotifyService (bounded retries)."""
-    from .incidents import IncidentService
+    from sentinela.services.incidents import IncidentService
 
     notifier = notify_service(metrics)
     opts = _incident_options()
@@ -152,7 +152,7 @@ def presign_service(metrics: MetricSink | None = None) -> PresignService:
     attempts: UPLOAD_FAILED_ATTEMPTS_PER_DEVICE (10) and _PER_IP (20) per UPLOAD_FAILED_ATTEMPTS_WINDOW_S (600)."""
     import os
 
-    from .presign import PresignService
+    from sentinela.services.presign import PresignService
 
     s = settings()
     if not s.bucket:
@@ -167,7 +167,7 @@ def presign_service(metrics: MetricSink | None = None) -> PresignService:
                           failure_window_s=int(env.get("UPLOAD_FAILED_ATTEMPTS_WINDOW_S", "600")))
 
 
-# --- silence alarm (sentinela.silence) -------------------------------------------------------------
+# --- silence alarm (sentinela.services.silence) -------------------------------------------------------------
 def silence_service(metrics: MetricSink | None = None) -> Any:
     """SILENCE_DEFAULT_CADENCE_S (3600), SILENCE_MISSED_UPLOADS (2), OPS_TOPIC_ARN (unset: no e-mail).
     The Twilio secret is read only when a message is actually sent."""
@@ -175,7 +175,7 @@ def silence_service(metrics: MetricSink | None = None) -> Any:
 
     import boto3
 
-    from .silence import SilenceService
+    from sentinela.services.silence import SilenceService
 
     env = os.environ
     topic = env.get("OPS_TOPIC_ARN") or None
