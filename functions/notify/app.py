@@ -14,6 +14,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from sentinela import runtime
 from sentinela.adapters import events
 from sentinela.adapters.store import from_ddb
+from sentinela.domain.alert import Alert, AlertShapeError
 
 logger = Logger()
 # The core's loggers (sentinela.*) write through this logger's handler and formatter: JSON lines with
@@ -27,8 +28,17 @@ processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 
 @tracer.capture_method
 def record_handler(record: DynamoDBRecord) -> dict[str, Any]:
-    alert = from_ddb(record.dynamodb.new_image if record.dynamodb else {})
-    logger.append_keys(clip_id=alert.get("clip_id"), threat=alert.get("threat"))
+    image = from_ddb(record.dynamodb.new_image if record.dynamodb else {})
+    logger.append_keys(clip_id=image.get("clip_id"), threat=image.get("threat"))
+    if image.get("alert") is not True:  # the stream filter passes only alert items; checked again on purpose
+        logger.warning("record ignored", extra={"reason": "not an alert item"})
+        return {"sent": [], "skipped": []}
+    try:
+        alert = Alert.from_item(image)  # the stream image, parsed once: everything after reads attributes
+    except AlertShapeError as exc:  # retrying cannot mend it: say what is wrong, where ops look
+        logger.error("alert record rejected", extra={"reason": str(exc)})
+        metrics.add_metric(name="AlertsRejected", unit="Count", value=1)
+        return {"sent": [], "skipped": [], "rejected": str(exc)}
     res = runtime.notify_service(metrics).handle_alert(alert)
     logger.info("alert handled", extra={"incident_id": res.incident_id, "outcome": res.outcome,
                                         "sent": len(res.sent), "skipped": len(res.skipped),

@@ -83,3 +83,24 @@ def test_every_handler_answers_every_event_shape(stack: LocalStack, store: Store
     ]
     lines += [f"| {what} | " + " | ".join(cells[h] for h in HANDLERS) + " |" for what, cells in rows]
     check_section("event shapes", "\n".join(lines))
+
+
+def test_a_malformed_alert_on_the_stream_is_rejected_by_name(stack: LocalStack, store: Store,
+                                                             capsys: pytest.CaptureFixture[str],
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The stream image is parsed into an Alert once, at the edge: an alert item without its threat is
+    rejected with the missing field named (an ERROR line and AlertsRejected), not retried, texts nobody."""
+    image = {"pk": {"S": "CLIP#x/y/20261128T140000Z"}, "sk": {"S": "ALERT#gunshot"}, "alert": {"BOOL": True},
+             "clip_id": {"S": "x/y/20261128T140000Z"}, "confidence": {"N": "0.9"}, "site_id": {"S": "x"}}
+    event = {"Records": [{"eventID": "1", "eventName": "INSERT", "eventSource": "aws:dynamodb",
+                          "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/t/stream/2026",
+                          "dynamodb": {"SequenceNumber": "1", "NewImage": image, "StreamViewType": "NEW_IMAGE"}}]}
+    texts = len(stack.twilio.outbox)
+    capsys.readouterr()
+    out = stack.notify.handler(event, FakeContext("notify", 60))
+    assert out == {"batchItemFailures": []}  # retrying cannot mend it
+    rejected = [r for r in caplog.records if r.getMessage() == "alert record rejected"]
+    assert rejected and rejected[0].levelname == "ERROR"
+    assert getattr(rejected[0], "reason", None) == "alert item has no threat"
+    assert '"AlertsRejected"' in capsys.readouterr().out  # the metric, in the EMF line
+    assert len(stack.twilio.outbox) == texts and store.incident_link("x/y/20261128T140000Z", "gunshot") is None

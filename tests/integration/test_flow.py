@@ -22,7 +22,7 @@ def _clip(store: Store, key: str) -> dict:
 
 def _sends(store: Store, clip: dict) -> list[dict]:
     """SMS items live under the incident the clip's alert opened (sentinela.services.incidents), not the clip."""
-    (alert,) = store.alerts(clip["clip_id"])
+    (alert,) = store.alert_records(clip["clip_id"])
     return store.sends(f"INC#{alert['incident_id']}")
 
 

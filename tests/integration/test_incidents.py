@@ -13,6 +13,7 @@ import pytest
 
 from sentinela import runtime
 from sentinela.adapters.store import Store, to_ddb
+from sentinela.domain.alert import Alert
 from sentinela.domain.phone import segments
 from sentinela_tools.local.stack import LocalStack
 from tests.conftest import encode, impulse
@@ -285,17 +286,17 @@ def test_two_clips_landing_at_once_open_one_incident(stack: LocalStack, store: S
         slot = real_open_slot(site_id, group)
         if not interleaved:
             interleaved.append("second clip ran here")
-            service.handle_alert(alerts[1])
+            service.handle_alert(Alert.from_item(alerts[1]))
         return slot
 
     with monkeypatch.context() as m:
         m.setattr(shared, "open_slot", open_slot)
-        first = service.handle_alert(alerts[0])
+        first = service.handle_alert(Alert.from_item(alerts[0]))
     assert interleaved and first.sent == []
     (inc,) = incidents(store, "inc-k")
     assert inc["alerts"] == 2 and len(store.incident_members(inc["incident_id"])) == 2
     assert inc["opened_by"] == f"{alerts[1]['clip_id']}#gunshot"
-    (a0,) = store.alerts(alerts[0]["clip_id"])
+    (a0,) = store.alert_records(alerts[0]["clip_id"])
     assert a0["outcome"] == "joined" and a0["incident_id"] == inc["incident_id"]
     stack.run_until_idle()  # the stream delivers both alert items again: redeliveries change nothing
     assert len(incidents(store, "inc-k")) == 1

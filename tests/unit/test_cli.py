@@ -40,9 +40,8 @@ def test_unknown_stack_is_one_line_exit_2(monkeypatch: pytest.MonkeyPatch,
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     for argv in (["sites", "list", "--stack", "nosuch"], ["rangers", "oncall", "--stack", "nosuch"],
-                 ["devices", "list", "--stack", "nosuch"], ["roster", "import", str(REPO / "config" /
-                                                                                   "demo-roster.yaml"),
-                                                              "--stack", "nosuch"]):
+                 ["devices", "list", "--stack", "nosuch"],
+                 ["sites", "import", str(REPO / "config" / "demo-roster.yaml"), "--stack", "nosuch"]):
         assert main(argv) == 2
         assert one_error_line(capsys.readouterr().err).startswith("error: AWS: ")
 
@@ -59,10 +58,12 @@ def test_json_goes_to_stdout_alone(table: str, tmp_path: Path,  # noqa: F811
                                    capsys: pytest.CaptureFixture[str]) -> None:
     roster = tmp_path / "roster.yaml"
     roster.write_text(ROSTER)
-    assert main(["roster", "import", str(roster), "--table", table, "--json"]) == 0
+    assert main(["sites", "import", str(roster), "--table", table, "--json"]) == 0
     got = capsys.readouterr()
-    assert json.loads(got.out) == {"table": table, "sites": 2, "ranger_assignments": 3}
+    assert json.loads(got.out) == {"table": table, "sites": 2, "ranger_assignments": 0, "removed": []}
     assert "imported" in got.err  # the human line, out of the JSON's way
+    assert main(["rangers", "import", str(roster), "--table", table, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ranger_assignments"] == 3
     for argv in (["sites", "list"], ["rangers", "list"], ["rangers", "oncall", "--at", "2026-11-28T14:00:00Z"],
                  ["devices", "list"]):
         assert main([*argv, "--table", table, "--json"]) == 0
@@ -78,7 +79,8 @@ def test_rangers_remove_and_sync(table: str, tmp_path: Path,  # noqa: F811
                                  capsys: pytest.CaptureFixture[str]) -> None:
     roster = tmp_path / "roster.yaml"
     roster.write_text(ROSTER)
-    assert main(["roster", "import", str(roster), "--table", table]) == 0
+    assert main(["sites", "import", str(roster), "--table", table]) == 0
+    assert main(["rangers", "import", str(roster), "--table", table]) == 0
     capsys.readouterr()
     assert main(["rangers", "remove", "bob", "--site", "sur", "--table", table, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["removed"] == ["sur/bob"]

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from sentinela.domain.alert import Alert
 from sentinela.domain.messages import THREAT_WORDS, render_alert, render_escalation, render_reply, render_update
 from sentinela.domain.phone import segments
 from sentinela.domain.policy import class_policy, evaluate, load_policy, validate_override, windows_within
 from sentinela.services.incidents import reply_code
 from sentinela.services.roster import RosterError, is_on_call, parse_shift, validate
 
-ALERT = {"clip_id": "s/d/20261128T140000Z@v1", "threat": "gunshot", "confidence": 0.91, "threshold": 0.5,
-         "alerting_windows": 2, "first_s": 3.0, "site_id": "s", "device_id": "d",
-         "recorded_at": "2026-11-28T14:00:00Z"}
+ALERT = Alert(clip_id="s/d/20261128T140000Z@v1", threat="gunshot", confidence=0.91, threshold=0.5,
+         alerting_windows=2, first_s=3.0, site_id="s", device_id="d",
+         recorded_at="2026-11-28T14:00:00Z")
 SITE = {"site_id": "s", "name": "Nahuelbuta Norte, sector Pehuén", "lat": -37.7936, "lon": -72.9911,
         "tz": "America/Santiago"}
 
@@ -59,12 +61,12 @@ def test_yields_to_holds_an_alert_when_its_clip_alerted_a_stronger_class() -> No
 def test_quiet_threshold_reads_the_cards_quiet_point_from_the_alert() -> None:
     cp = class_policy("gunshot", {"policy": {"defaults": {"threshold": "quiet"}}})
     assert cp.threshold == "quiet"
-    held = evaluate(dict(ALERT, threshold=0.6, quiet_threshold=0.95), cp, [], [])
+    held = evaluate(replace(ALERT, threshold=0.6, quiet_threshold=0.95), cp, [], [])
     assert not held.alert and held.trace[0].numbers == {"confidence": 0.91, "threshold": 0.95}
     assert held.reason == "confidence 0.91 < 0.95 (model card, quiet operating point)"
-    assert evaluate(dict(ALERT, threshold=0.6, quiet_threshold=0.9), cp, [], []).alert
+    assert evaluate(replace(ALERT, threshold=0.6, quiet_threshold=0.9), cp, [], []).alert
     # a card without a quiet point: its own threshold, and the trace says so
-    old = evaluate(dict(ALERT, threshold=0.6), cp, [], [])
+    old = evaluate(replace(ALERT, threshold=0.6), cp, [], [])
     assert old.alert and "it has no quiet operating point" in old.trace[0].detail
 
 
@@ -82,11 +84,11 @@ def test_threshold_and_confirmation_traces() -> None:
     cp = class_policy("gunshot", {"policy": {"classes": {"gunshot": {"confirm": {"windows": 3, "within_s": 30}}}}})
     held = evaluate(ALERT, cp, [{"t": 3.0, "n": 2}], [])
     assert not held.alert and held.trace[-1].numbers == {"windows": 2, "need": 3, "within_s": 30.0}
-    earlier = [dict(ALERT, clip_id="s/d/20261128T135950Z@v0", recorded_at="2026-11-28T13:59:50Z",
+    earlier = [replace(ALERT, clip_id="s/d/20261128T135950Z@v0", recorded_at="2026-11-28T13:59:50Z",
                     alerting_windows=1, first_s=5.0)]
     ok = evaluate(ALERT, cp, [{"t": 3.0, "n": 2}], earlier)
     assert ok.alert and ok.trace[-1].numbers["scope"] == "device" and ok.trace[-1].numbers["windows"] == 3
-    far = [dict(earlier[0], recorded_at="2026-11-28T13:58:00Z")]
+    far = [replace(earlier[0], recorded_at="2026-11-28T13:58:00Z")]
     assert not evaluate(ALERT, cp, [{"t": 3.0, "n": 2}], far).alert
 
 
@@ -134,7 +136,7 @@ LONG_SITE = dict(SITE, name="Reserva Nacional Nahuelbuta, sector Pehuén, camino
 @pytest.mark.parametrize("site", [SITE, LONG_SITE], ids=["site", "long-site"])
 def test_every_incident_text_is_gsm7_within_two_segments(lang: str, threat: str, site: dict[str, Any]) -> None:
     inc = _incident(threat)
-    alert = dict(ALERT, threat=threat, recorded_at="2026-11-28T14:20:00Z")
+    alert = replace(ALERT, threat=threat, recorded_at="2026-11-28T14:20:00Z")
     texts = [render_alert(alert, site, lang, "4FA808"), render_update(inc, alert, site, lang),
              render_escalation(inc, site, lang, 15)]
     texts += [render_reply(k, lang, ref="4FA808", name="María José Ñancupil")
@@ -156,7 +158,7 @@ def test_texts_name_the_recorder_its_place_and_a_late_sounds_age(lang: str, thre
     from datetime import UTC, datetime
 
     long_id = "grabadora-norte-quebrada-07-bis"
-    alert = dict(ALERT, threat=threat, recorded_at="2026-11-28T14:20:00Z", device_id=long_id)
+    alert = replace(ALERT, threat=threat, recorded_at="2026-11-28T14:20:00Z", device_id=long_id)
     late = datetime(2026, 11, 28, 17, 5, tzinfo=UTC)  # 2 h 45 min after it was recorded
     text = render_alert(alert, site, lang, "4FA808", dict(DEVICE, device_id=long_id), late)
     seg = segments(text)
@@ -173,9 +175,22 @@ def test_texts_name_the_recorder_its_place_and_a_late_sounds_age(lang: str, thre
 def test_a_fresh_sound_has_no_age_and_an_unplaced_recorder_links_the_site(lang: str) -> None:
     from datetime import UTC, datetime
 
-    alert = dict(ALERT, recorded_at="2026-11-28T14:20:00Z", device_id="rec-01")
+    alert = replace(ALERT, recorded_at="2026-11-28T14:20:00Z", device_id="rec-01")
     text = render_alert(alert, SITE, lang, "4FA808", None, datetime(2026, 11, 28, 14, 30, tzinfo=UTC))
     assert "hace" not in text and "ago" not in text  # 10 min is not late
     assert f"q={SITE['lat']:.5f},{SITE['lon']:.5f}" in text and "rec-01" in text
     later = render_alert(alert, SITE, lang, "4FA808", None, datetime(2026, 11, 28, 14, 45, tzinfo=UTC))
     assert ("hace 25 min" if lang == "es" else "25 min ago") in later
+
+
+def test_an_alert_is_parsed_once_and_a_bad_one_is_named() -> None:
+    from sentinela.domain.alert import AlertShapeError
+
+    item = ALERT.to_item() | {"pk": "CLIP#x", "sk": "ALERT#gunshot", "outcome": "opened"}
+    assert Alert.from_item(item) == ALERT  # what notify annotated is not part of the alert
+    with pytest.raises(AlertShapeError, match="no threat"):
+        Alert.from_item({k: v for k, v in item.items() if k != "threat"})
+    with pytest.raises(AlertShapeError, match="confidence is not a number"):
+        Alert.from_item(item | {"confidence": "high"})
+    with pytest.raises(AlertShapeError, match="not an alert item"):
+        Alert.from_item(item | {"alert": False})

@@ -1,10 +1,12 @@
+
 import pytest
 
+from sentinela.domain.alert import Alert
 from sentinela.domain.messages import gsm_safe, render_alert
 from sentinela.domain.phone import mask_phone, segments, valid_e164
 
-ALERT = {"clip_id": "s/d/20261128T143210Z@v1", "threat": "chainsaw", "confidence": 0.934,
-         "site_id": "s", "recorded_at": "2026-11-28T14:32:10Z"}
+ALERT = Alert(clip_id="s/d/20261128T143210Z@v1", threat="chainsaw", confidence=0.934,
+         site_id="s", recorded_at="2026-11-28T14:32:10Z")
 SITE = {"name": "Nahuelbuta Norte, sector Pehuén", "lat": -37.7936, "lon": -72.9911, "tz": "America/Santiago"}
 
 

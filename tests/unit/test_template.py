@@ -447,6 +447,10 @@ def test_notify_permissions(translated: dict[str, Any]) -> None:
     (clips,) = _resources_for(translated, "NotifyRole", "s3:GetObject")
     assert clips["Fn::Sub"].endswith("/clips/*")
     assert _resources_for(translated, "NotifyRole", "dynamodb:BatchWriteItem") == []
+    # notify's idempotency is its send claims in the data table; it never used the Powertools table.
+    assert _resources_for(translated, "NotifyRole", "dynamodb:DeleteItem") == []
+    notify = props(translated, "NotifyFunction")["Environment"]["Variables"]
+    assert "IDEMPOTENCY_TABLE" not in notify
 
 
 # ---------------------------------------------------------------------------------------------- wiring
@@ -769,8 +773,9 @@ def test_silent_failures_are_alarmed_from_metrics_the_code_emits(tpl: dict[str, 
             ("EscalationExhausted", "escalate")} <= emitted
     src = "".join((REPO / "layers" / "core" / "sentinela" / "services" / f).read_text()
                   for f in ("incidents.py", "silence.py", "pipeline.py"))
-    src += (REPO / "functions" / "sms_reply" / "app.py").read_text()
-    assert {("ClipsFailed", "classify"), ("WebhookMisconfigured", "sms_reply")} <= emitted
+    src += "".join((REPO / "functions" / f / "app.py").read_text() for f in ("sms_reply", "notify"))
+    assert {("ClipsFailed", "classify"), ("WebhookMisconfigured", "sms_reply"),
+            ("AlertsRejected", "notify")} <= emitted
     for metric, _ in emitted:
         assert f'"{metric}"' in src, metric  # an alarm on a metric nobody emits would never fire
     age = alarms["NotifyIteratorAgeAlarm"]

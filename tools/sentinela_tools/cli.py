@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sentinela import __version__
-from sentinela_tools.output import CliError, emit_json, json_to_stdout, stack_output
+from sentinela_tools.output import CliError, emit_json, json_to_stdout
 
 DEFAULT_AUDIO = Path("../shared/audio/dev")
 # The demo pack committed in the repository (demo/audio, with its ATTRIBUTION file): what `sentinela demo`
@@ -102,23 +102,6 @@ def default_demo_audio() -> Path | None:
     return None
 
 
-def cmd_roster_import(args: argparse.Namespace) -> int:
-    from sentinela.adapters.store import Store
-    from sentinela.services.roster import RosterError, import_roster, load_roster
-
-    try:
-        roster = load_roster(args.file)
-    except (RosterError, OSError) as exc:
-        _err(str(exc))
-        return 2
-    table = args.table or stack_output(args.stack, "DataTableName")
-    sites, rangers = import_roster(Store(table), roster)
-    print(f"imported {sites} site(s) and {rangers} ranger assignment(s) into {table}")
-    if args.json:
-        emit_json({"table": table, "sites": sites, "ranger_assignments": rangers})
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sentinela", description="Acoustic threat detection and ranger alerts.")
     p.add_argument("--version", action="version", version=f"sentinela {__version__}")
@@ -144,14 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch", type=int, default=8)
     c.set_defaults(fn=cmd_classify)
 
-    r = sub.add_parser("roster", help="sites and rangers")
-    rs = r.add_subparsers(dest="roster_cmd", required=True)
-    ri = rs.add_parser("import", help="import sites and rangers from YAML/JSON into the table")
-    ri.add_argument("file")
-    ri.add_argument("--table", help="DynamoDB table name")
-    ri.add_argument("--stack", help="a deployed stack name (reads its DataTableName output)")
-    ri.add_argument("--json", action="store_true", help="print the counts as JSON")
-    ri.set_defaults(fn=cmd_roster_import)
     _register_extra(sub)
     return p
 

@@ -1,7 +1,7 @@
 """`sentinela sites ...` and `sentinela rangers ...`: import (YAML, JSON or CSV), list, and who is on call.
 
 Against a table (``--table NAME``) or a deployed stack (``--stack NAME``: its DataTableName output).
-`sentinela roster import` (cli.py) stays as it was: one file with both sites and rangers.
+A file with both ``sites:`` and ``rangers:`` serves both: `sites import` takes its sites, `rangers import` its rangers.
 The roster code (PyYAML, the AWS SDK) is imported by the commands, not here: registering them must not
 need what a recorder-only install leaves out.
 """

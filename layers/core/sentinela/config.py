@@ -28,7 +28,6 @@ def default_card_path() -> Path:
 class Settings:
     table_name: str
     bucket: str | None
-    idempotency_table: str | None
     max_clip_bytes: int
     max_clip_seconds: float
     alert_threshold_override: float | None
@@ -46,7 +45,6 @@ class Settings:
         return cls(
             table_name=env.get("TABLE_NAME", "sentinela-data"),
             bucket=env.get("CLIPS_BUCKET"),
-            idempotency_table=env.get("IDEMPOTENCY_TABLE"),
             max_clip_bytes=int(env.get("MAX_CLIP_BYTES", str(DEFAULT_MAX_CLIP_BYTES))),
             max_clip_seconds=float(env.get("MAX_CLIP_SECONDS", str(DEFAULT_MAX_CLIP_SECONDS))),
             alert_threshold_override=override if override > 0 else None,

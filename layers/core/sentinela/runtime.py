@@ -13,6 +13,7 @@ import boto3
 from sentinela.adapters.metrics import MetricSink
 from sentinela.adapters.store import Store
 from sentinela.config import Settings, default_card_path
+from sentinela.domain.alert import Alert
 
 # Each function's layers carry only what it uses (classify: numpy/onnxruntime; notify: twilio), so
 # the heavy modules are imported where they are needed, not here.
@@ -92,10 +93,10 @@ def _incident_options() -> dict[str, Any]:
     minutes = int(env.get("AUDIO_LINK_MINUTES", "60"))
     presign = None
     if env.get("SMS_AUDIO_LINKS", "0").lower() in ("1", "true", "yes"):
-        def presign(alert: Any) -> str:
-            params = {"Bucket": alert["bucket"], "Key": alert["key"]}
-            if alert.get("version_id"):
-                params["VersionId"] = alert["version_id"]
+        def presign(alert: Alert) -> str:
+            params = {"Bucket": alert.bucket, "Key": alert.key}
+            if alert.version_id:
+                params["VersionId"] = alert.version_id
             return str(_s3_sigv4().generate_presigned_url("get_object", Params=params, ExpiresIn=minutes * 60))
     return {"status_callback": env.get("STATUS_CALLBACK_URL") or None, "presign": presign, "link_minutes": minutes}
 

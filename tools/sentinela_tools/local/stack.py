@@ -81,13 +81,6 @@ def _load_handler(name: str) -> ModuleType:
     return mod
 
 
-@dataclass
-class DeadLetter:
-    source: str
-    reason: str
-    payload: dict[str, Any]
-
-
 class LocalStack:
     def __init__(self, *, stack_name: str = "sentinela-local", template: Path | None = None,
                  card: Path | None = None, sms_from: str = "+15005550006", quiet: bool = True,

@@ -16,8 +16,10 @@ import boto3
 from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
-if TYPE_CHECKING:  # detect pulls in numpy and onnxruntime, which the notify function does not carry
-    from sentinela.domain.detect import AlertDecision, Detection
+from sentinela.domain.alert import Alert
+
+if TYPE_CHECKING:  # detect pulls in numpy, which the notify function does not carry
+    from sentinela.domain.detect import Detection
 
 
 def now_iso() -> str:
@@ -152,25 +154,23 @@ class Store:
     def detections(self, clip_id: str) -> list[dict[str, Any]]:
         return self._query_pk(f"CLIP#{clip_id}", "DET#")
 
-    def put_alert(self, ref: ClipRef, decision: AlertDecision, model_id: str, duration_s: float) -> bool:
+    def put_alert(self, alert: Alert) -> bool:
         """One alert item per clip and threat class; it alone carries ``alert = true`` (the stream filter).
         Conditional, so a redelivered clip never inserts it twice. Returns False when it existed."""
-        item = {
-            "pk": f"CLIP#{ref.clip_id}", "sk": f"ALERT#{decision.threat}", "type": "alert", "alert": True,
-            "clip_id": ref.clip_id, "threat": decision.threat, "confidence": decision.confidence,
-            "alerting_windows": decision.alerting_windows, "threshold": decision.threshold,
-            "quiet_threshold": decision.quiet_threshold,
-            "first_s": decision.first_s, "reason": decision.reason, "site_id": ref.site_id,
-            "device_id": ref.device_id, "recorded_at": ref.recorded_at, "bucket": ref.bucket,
-            "key": ref.key, "version_id": ref.version_id, "model_id": model_id, "duration_s": duration_s,
-            "created_at": now_iso(), "gsi1pk": f"SITE#{ref.site_id}", "gsi1sk": f"ALERT#{ref.recorded_at}",
-        }
+        item = alert.to_item() | {"pk": f"CLIP#{alert.clip_id}", "sk": f"ALERT#{alert.threat}",
+                                  "gsi1pk": f"SITE#{alert.site_id}", "gsi1sk": f"ALERT#{alert.recorded_at}"}
         return conditional(
             self.table.put_item,
             Item=to_ddb(item), ConditionExpression="attribute_not_exists(pk)"
         )
 
-    def alerts(self, clip_id: str) -> list[dict[str, Any]]:
+    def alerts(self, clip_id: str) -> list[Alert]:
+        """The clip's alerts, in class order."""
+        return [Alert.from_item(a) for a in self.alert_records(clip_id)]
+
+    def alert_records(self, clip_id: str) -> list[dict[str, Any]]:
+        """The clip's alert items as stored: the alert with what notify annotated (outcome, incident_id,
+        decision_trace, policy). For ops and tests."""
         return self._query_pk(f"CLIP#{clip_id}", "ALERT#")
 
     # --- sites and rangers --------------------------------------------------------------------
@@ -412,11 +412,11 @@ class Store:
         item = self.table.get_item(Key=key, ConsistentRead=True).get("Item")
         return from_ddb(item) if item else None
 
-    def _member_items(self, incident_id: str, alert: Mapping[str, Any], role: str) -> list[dict[str, Any]]:
-        clip_id, threat, name = alert["clip_id"], alert["threat"], self.table.name
+    def _member_items(self, incident_id: str, alert: Alert, role: str) -> list[dict[str, Any]]:
+        clip_id, threat, name = alert.clip_id, alert.threat, self.table.name
         common = {"incident_id": incident_id, "clip_id": clip_id, "threat": threat, "role": role,
-                  "recorded_at": alert.get("recorded_at"), "confidence": alert.get("confidence"),
-                  "device_id": alert.get("device_id"), "created_at": now_iso()}
+                  "recorded_at": alert.recorded_at, "confidence": alert.confidence,
+                  "device_id": alert.device_id, "created_at": now_iso()}
         return [
             {"Put": {"TableName": name, "ConditionExpression": "attribute_not_exists(pk)", "Item": to_ddb(
                 common | {"pk": f"CLIP#{clip_id}", "sk": f"INCIDENT#{threat}", "type": "incident_link"})}},
@@ -424,7 +424,7 @@ class Store:
                 common | {"pk": f"INC#{incident_id}", "sk": f"MEMBER#{clip_id}#{threat}", "type": "incident_member"})}},
         ]
 
-    def create_incident(self, incident: Mapping[str, Any], alert: Mapping[str, Any], replaces: str | None) -> str:
+    def create_incident(self, incident: Mapping[str, Any], alert: Alert, replaces: str | None) -> str:
         """Open an incident and take the site's slot for its group, in one transaction: the slot must still
         be empty (or still hold ``replaces``, the stale incident the caller saw). Returns "opened", "taken"
         (another alert opened one first: join that) or "linked" (this alert already went to an incident)."""
@@ -445,7 +445,7 @@ class Store:
             return "opened"
         return "linked" if codes[0] == "ConditionalCheckFailed" else "taken"
 
-    def join_incident(self, incident_id: str, alert: Mapping[str, Any], heard_at: str) -> str:
+    def join_incident(self, incident_id: str, alert: Alert, heard_at: str) -> str:
         """Add an alert to an active incident (open or acknowledged). Returns "joined", "linked" (this alert
         had joined before: a redelivery) or "closed" (the incident is no longer active)."""
         codes = self._transact([
@@ -458,7 +458,7 @@ class Store:
                                                       ":ack": "acknowledged"}}},
         ])
         if codes is None:
-            for attr, value in (("last_heard", heard_at), ("max_confidence", to_ddb(float(alert["confidence"])))):
+            for attr, value in (("last_heard", heard_at), ("max_confidence", to_ddb(alert.confidence))):
                 self._raise_to(incident_id, attr, value)
             return "joined"
         return "linked" if codes[0] == "ConditionalCheckFailed" else "closed"
@@ -522,10 +522,11 @@ class Store:
         cond = Key("gsi1pk").eq("ESCALATE") & Key("gsi1sk").lte(f"{now}~")
         return self._all(self.table.query, {"IndexName": "gsi1", "KeyConditionExpression": cond})
 
-    def alerts_between(self, site_id: str, start: str, end: str) -> list[dict[str, Any]]:
-        """The site's alert items recorded in [start, end] (UTC ISO), via gsi1 SITE#<site> / ALERT#<time>."""
+    def alerts_between(self, site_id: str, start: str, end: str) -> list[Alert]:
+        """The site's alerts recorded in [start, end] (UTC ISO), via gsi1 SITE#<site> / ALERT#<time>."""
         cond = Key("gsi1pk").eq(f"SITE#{site_id}") & Key("gsi1sk").between(f"ALERT#{start}", f"ALERT#{end}~")
-        return self._all(self.table.query, {"IndexName": "gsi1", "KeyConditionExpression": cond})
+        return [Alert.from_item(a) for a in self._all(self.table.query, {"IndexName": "gsi1",
+                                                                          "KeyConditionExpression": cond})]
 
     def annotate_alert(self, clip_id: str, threat: str, fields: Mapping[str, Any]) -> None:
         """The decision trace and outcome on the alert item (an update: a stream MODIFY, which the notify

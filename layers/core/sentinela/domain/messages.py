@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sentinela.domain.alert import Alert
 from sentinela.domain.phone import GSM7_BASIC, GSM7_EXT, segments
 
 LANGS = ("es", "en")
@@ -89,21 +90,21 @@ def age_words(recorded_at: str | None, now: datetime | None, lang: str) -> str:
     return AGE_WORDS[_lang(lang)].format(age=span)
 
 
-def render_alert(alert: dict[str, Any], site: dict[str, Any] | None, lang: str, ref: str,
+def render_alert(alert: Alert, site: dict[str, Any] | None, lang: str, ref: str,
                  device: dict[str, Any] | None = None, now: datetime | None = None) -> str:
     """The opening text. ``device`` is the recorder's registry item (its lat/lon, when set, place the
     map link); ``now`` is when the text goes out (a sound older than LATE_AFTER_S says how old)."""
     lang = lang if lang in LANGS else "es"
-    site_name = (site or {}).get("name") or alert.get("site_id") or "?"
+    site_name = (site or {}).get("name") or alert.site_id or "?"
     link = map_link(site, device)
     text = TEMPLATES[lang].format(
         ref=ref,
-        threat=THREAT_WORDS[lang].get(alert["threat"], str(alert["threat"]).upper()),
-        conf=round(float(alert["confidence"]) * 100),
+        threat=THREAT_WORDS[lang].get(alert.threat, alert.threat.upper()),
+        conf=round(alert.confidence * 100),
         site=gsm_safe(str(site_name))[:40],
-        device=device_words(alert.get("device_id"), lang),
-        time=local_time(alert["recorded_at"], (site or {}).get("tz")) if alert.get("recorded_at") else "?",
-        age=age_words(alert.get("recorded_at"), now, lang),
+        device=device_words(alert.device_id, lang),
+        time=local_time(alert.recorded_at, (site or {}).get("tz")) if alert.recorded_at else "?",
+        age=age_words(alert.recorded_at, now, lang),
         map=link,
     )
     seg = segments(text)
@@ -173,16 +174,16 @@ def _fit(text: str, site: dict[str, Any] | None, device: dict[str, Any] | None =
     return text
 
 
-def render_update(incident: dict[str, Any], alert: dict[str, Any], site: dict[str, Any] | None,
+def render_update(incident: dict[str, Any], alert: Alert, site: dict[str, Any] | None,
                   lang: str) -> str:
     lang = _lang(lang)
     name = (site or {}).get("name") or incident.get("site_id") or "?"
-    heard = str(alert.get("recorded_at") or incident.get("last_heard") or "")[:19] + "Z"
+    heard = str(alert.recorded_at or incident.get("last_heard") or "")[:19] + "Z"
     text = UPDATE_TEMPLATES[lang].format(
-        ref=incident["ref"], threat=THREAT_WORDS[lang].get(alert["threat"], str(alert["threat"]).upper()),
+        ref=incident["ref"], threat=THREAT_WORDS[lang].get(alert.threat, alert.threat.upper()),
         site=gsm_safe(str(name))[:40], n=int(incident.get("alerts", 1)),
         time=local_time(heard, (site or {}).get("tz")),
-        conf=round(max(float(incident.get("max_confidence", 0)), float(alert.get("confidence", 0))) * 100),
+        conf=round(max(float(incident.get("max_confidence", 0)), alert.confidence) * 100),
     )
     return _fit(text, site)
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from sentinela.domain.alert import Alert
 from sentinela.domain.card import THREAT_CLASSES
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
@@ -198,11 +199,11 @@ def windows_within(events: Iterable[Mapping[str, Any]], within_s: float) -> int:
     return best
 
 
-def policy_limit(alert: Mapping[str, Any], cp: ClassPolicy) -> tuple[float, str]:
-    """The threshold in force for this alert item, and where it came from."""
-    card = float(alert.get("threshold", 0))
+def policy_limit(alert: Alert, cp: ClassPolicy) -> tuple[float, str]:
+    """The threshold in force for this alert, and where it came from."""
+    card = alert.threshold
     if cp.threshold == QUIET:
-        quiet = alert.get("quiet_threshold")
+        quiet = alert.quiet_threshold
         if quiet is None:  # a card trained before the quiet point existed: its threshold is all there is
             return card, "model card; it has no quiet operating point"
         return max(float(quiet), card), "model card, quiet operating point"
@@ -211,8 +212,8 @@ def policy_limit(alert: Mapping[str, Any], cp: ClassPolicy) -> tuple[float, str]
     return card, "model card"
 
 
-def evaluate(alert: Mapping[str, Any], cp: ClassPolicy, clip_events: list[dict[str, Any]],
-             earlier_alerts: list[dict[str, Any]], stronger: Sequence[str] = ()) -> Verdict:
+def evaluate(alert: Alert, cp: ClassPolicy, clip_events: list[dict[str, Any]],
+             earlier_alerts: Sequence[Alert], stronger: Sequence[str] = ()) -> Verdict:
     """Threshold, then confirmation: in this clip (``clip_events``: its detection events of the class,
     ``t`` = start second in the clip, ``n`` = alerting windows), else over consecutive clips of the same
     device (``earlier_alerts``: that device's alert items of the class recorded within the span).
@@ -223,7 +224,7 @@ def evaluate(alert: Mapping[str, Any], cp: ClassPolicy, clip_events: list[dict[s
         trace.append(Step("yields_to", "held", f"held: this clip also alerted {', '.join(over)}, which "
                           f"{cp.threat} yields to (policy)", {"classes": over}))
         return Verdict(False, trace)
-    conf = float(alert.get("confidence", 0))
+    conf = alert.confidence
     limit, source = policy_limit(alert, cp)
     if conf < limit:
         trace.append(Step("threshold", "held", f"confidence {conf:.2f} < {limit:.2f} ({source})",
@@ -232,23 +233,23 @@ def evaluate(alert: Mapping[str, Any], cp: ClassPolicy, clip_events: list[dict[s
     trace.append(Step("threshold", "pass", f"confidence {conf:.2f} >= {limit:.2f} ({source})",
                       {"confidence": conf, "threshold": limit}))
     need, span = cp.confirm.windows, cp.confirm.within_s
-    events = clip_events or [{"t": alert.get("first_s") or 0, "n": alert.get("alerting_windows", 1)}]
+    events = clip_events or [{"t": alert.first_s or 0, "n": alert.alerting_windows}]
     in_clip = windows_within(events, span)
     if in_clip >= need:
         trace.append(Step("confirm", "pass", f"{in_clip} alerting window(s) within {span:g} s in this clip, "
                           f"rule needs {need}", {"windows": in_clip, "need": need, "within_s": span,
                                                  "scope": "clip"}))
         return Verdict(True, trace)
-    if cp.confirm.across_clips and earlier_alerts and alert.get("recorded_at"):
-        here = parse_time(str(alert["recorded_at"]))
-        seq = [{"t": (parse_time(str(a["recorded_at"])) - here).total_seconds() + float(a.get("first_s") or 0),
-                "n": a.get("alerting_windows", 0)} for a in earlier_alerts]
-        seq.append({"t": float(alert.get("first_s") or 0), "n": alert.get("alerting_windows", 0)})
+    if cp.confirm.across_clips and earlier_alerts and alert.recorded_at:
+        here = parse_time(alert.recorded_at)
+        seq = [{"t": (parse_time(str(a.recorded_at)) - here).total_seconds() + (a.first_s or 0),
+                "n": a.alerting_windows} for a in earlier_alerts]
+        seq.append({"t": alert.first_s or 0, "n": alert.alerting_windows})
         across = windows_within(seq, span)
         if across >= need:
             trace.append(Step("confirm", "pass",
                               f"{across} alerting window(s) within {span:g} s over {len(seq)} consecutive clips "
-                              f"of device {alert.get('device_id')}, rule needs {need}",
+                              f"of device {alert.device_id}, rule needs {need}",
                               {"windows": across, "need": need, "within_s": span, "scope": "device",
                                "clips": len(seq)}))
             return Verdict(True, trace)
@@ -257,8 +258,8 @@ def evaluate(alert: Mapping[str, Any], cp: ClassPolicy, clip_events: list[dict[s
     return Verdict(False, trace)
 
 
-def span_start(alert: Mapping[str, Any], cp: ClassPolicy) -> str:
+def span_start(alert: Alert, cp: ClassPolicy) -> str:
     """The earliest ``recorded_at`` an earlier clip of the device may have to count towards confirmation:
     the span, plus room for that clip's own length (its alert is placed at its first alerting window)."""
-    here = parse_time(str(alert["recorded_at"]))
+    here = parse_time(str(alert.recorded_at))
     return (here - timedelta(seconds=cp.confirm.within_s + EARLIER_CLIP_SLACK_S)).strftime("%Y-%m-%dT%H:%M:%SZ")

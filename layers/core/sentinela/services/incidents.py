@@ -31,6 +31,7 @@ from typing import Any
 from sentinela.adapters.metrics import MetricSink, NullMetrics
 from sentinela.adapters.sms import SmsError
 from sentinela.adapters.store import Store
+from sentinela.domain.alert import Alert
 from sentinela.domain.messages import (
     render_alert,
     render_audio_link,
@@ -122,7 +123,7 @@ class EscalationResult:
 class IncidentService:
     def __init__(self, store: Store, send: Send, *, metrics: MetricSink | None = None,
                  policy: Mapping[str, Any] | None = None, status_callback: str | None = None,
-                 presign: Callable[[Mapping[str, Any]], str] | None = None, link_minutes: int = 60) -> None:
+                 presign: Callable[[Alert], str] | None = None, link_minutes: int = 60) -> None:
         self.store = store
         self._send = send
         self.metrics: MetricSink = metrics or NullMetrics()
@@ -132,19 +133,17 @@ class IncidentService:
         self.link_minutes = link_minutes
 
     # --- alerts ---------------------------------------------------------------------------------
-    def on_alert(self, alert: Mapping[str, Any], now: datetime | None = None) -> NotifyResult:
+    def on_alert(self, alert: Alert, now: datetime | None = None) -> NotifyResult:
         res = NotifyResult()
-        if alert.get("alert") is not True:
-            return res  # the stream filter should not have let it through; re-checked on purpose
         at = now or utcnow()
-        site = self.store.get_site(alert["site_id"]) or {"site_id": alert["site_id"]}
-        cp = class_policy(alert["threat"], site, self.policy)
-        link = self.store.incident_link(alert["clip_id"], alert["threat"])
+        site = self.store.get_site(alert.site_id) or {"site_id": alert.site_id}
+        cp = class_policy(alert.threat, site, self.policy)
+        link = self.store.incident_link(alert.clip_id, alert.threat)
         if link is None:
             verdict = evaluate(alert, cp, self._clip_events(alert), self._earlier_alerts(alert, cp),
                                self._stronger(alert, cp, site))
             if not verdict.alert:
-                self.store.annotate_alert(alert["clip_id"], alert["threat"], {
+                self.store.annotate_alert(alert.clip_id, alert.threat, {
                     "outcome": "held", "decision_reason": verdict.reason,
                     "decision_trace": [s.as_dict() for s in verdict.trace], "policy": cp.as_dict()})
                 self.metrics.add_metric("AlertsHeld", "Count", 1)
@@ -156,56 +155,56 @@ class IncidentService:
             role, incident = str(link["role"]), self.store.get_incident(str(link["incident_id"]))
             trace = [Step("redelivery", "pass", f"alert already {role} incident {link['incident_id']}")]
         if incident is None:
-            log.warning("incident for %s/%s vanished", alert["clip_id"], alert["threat"],
-                        extra={"clip_id": alert["clip_id"], "threat": alert["threat"]})
+            log.warning("incident for %s/%s vanished", alert.clip_id, alert.threat,
+                        extra={"clip_id": alert.clip_id, "threat": alert.threat})
             return res
         res.incident_id, res.outcome = str(incident["incident_id"]), role
         if role == "opened":
             self._send_opening(incident, alert, site, at, res)
         else:
             self._maybe_update(incident, alert, site, cp, trace, res)
-        self.store.annotate_alert(alert["clip_id"], alert["threat"], {
+        self.store.annotate_alert(alert.clip_id, alert.threat, {
             "outcome": role, "incident_id": incident["incident_id"], "incident_ref": incident["ref"],
             "decision_trace": [s.as_dict() for s in trace], "policy": cp.as_dict()})
         if res.retry:
             raise RetryLater(f"{len(res.failed)} send(s) failed and may succeed later")
         return res
 
-    def _stronger(self, alert: Mapping[str, Any], cp: ClassPolicy, site: Mapping[str, Any]) -> list[str]:
+    def _stronger(self, alert: Alert, cp: ClassPolicy, site: Mapping[str, Any]) -> list[str]:
         """The classes ``alert`` yields to that this clip alerted above their own policy thresholds.
         classify writes a clip's alert items in class order (chainsaw before engine) before any of them
         reaches notify, so they are all there to read."""
         if not cp.yields_to:
             return []
         out = []
-        for other in self.store.alerts(alert["clip_id"]):
-            threat = str(other.get("threat"))
-            if threat in cp.yields_to and threat != alert["threat"]:
+        for other in self.store.alerts(alert.clip_id):
+            threat = other.threat
+            if threat in cp.yields_to and threat != alert.threat:
                 limit, _ = policy_limit(other, class_policy(threat, site, self.policy))
-                if float(other.get("confidence", 0)) >= limit:
+                if other.confidence >= limit:
                     out.append(threat)
         return out
 
-    def _clip_events(self, alert: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _clip_events(self, alert: Alert) -> list[dict[str, Any]]:
         return [{"t": d.get("start_s", 0), "n": d.get("alerting_windows", 0)}
-                for d in self.store.detections(alert["clip_id"])
-                if d.get("kind") == "threat" and d.get("label") == alert["threat"]]
+                for d in self.store.detections(alert.clip_id)
+                if d.get("kind") == "threat" and d.get("label") == alert.threat]
 
-    def _earlier_alerts(self, alert: Mapping[str, Any], cp: ClassPolicy) -> list[dict[str, Any]]:
-        if not cp.confirm.across_clips or not alert.get("recorded_at") or cp.confirm.windows <= 1:
+    def _earlier_alerts(self, alert: Alert, cp: ClassPolicy) -> list[Alert]:
+        if not cp.confirm.across_clips or not alert.recorded_at or cp.confirm.windows <= 1:
             return []
-        rec = str(alert["recorded_at"])
-        return [a for a in self.store.alerts_between(alert["site_id"], span_start(alert, cp), rec)
-                if a.get("device_id") == alert.get("device_id") and a.get("threat") == alert["threat"]
-                and a.get("clip_id") != alert["clip_id"] and str(a.get("recorded_at")) <= rec]
+        rec = alert.recorded_at
+        return [a for a in self.store.alerts_between(alert.site_id, span_start(alert, cp), rec)
+                if a.device_id == alert.device_id and a.threat == alert.threat
+                and a.clip_id != alert.clip_id and str(a.recorded_at) <= rec]
 
-    def _attach(self, alert: Mapping[str, Any], site: Mapping[str, Any], cp: ClassPolicy, at: datetime,
+    def _attach(self, alert: Alert, site: Mapping[str, Any], cp: ClassPolicy, at: datetime,
                 trace: list[Step]) -> tuple[str, dict[str, Any] | None]:
         """Join the site's open incident for the group, or open one. Race-free: both are transactions,
         and losing a race (another clip opened it first, or it closed meanwhile) means looking again."""
-        heard = str(alert.get("recorded_at") or iso(at))
+        heard = str(alert.recorded_at or iso(at))
         for _ in range(5):
-            slot = self.store.open_slot(alert["site_id"], cp.group)
+            slot = self.store.open_slot(alert.site_id, cp.group)
             current = self.store.get_incident(str(slot["incident_id"])) if slot else None
             why_new = "no open incident"
             if current is not None:
@@ -231,22 +230,22 @@ class IncidentService:
                 self.metrics.add_metric("IncidentsOpened", "Count", 1)
                 return "opened", incident
             if got == "linked":
-                link = self.store.incident_link(alert["clip_id"], alert["threat"]) or {}
+                link = self.store.incident_link(alert.clip_id, alert.threat) or {}
                 return str(link.get("role", "joined")), self.store.get_incident(str(link.get("incident_id")))
         raise RetryLater("the incident slot kept changing; retrying the record")
 
-    def _new_incident(self, alert: Mapping[str, Any], site: Mapping[str, Any], cp: ClassPolicy, at: datetime,
+    def _new_incident(self, alert: Alert, site: Mapping[str, Any], cp: ClassPolicy, at: datetime,
                       heard: str, why: str) -> dict[str, Any]:
         stamp = heard.replace("-", "").replace(":", "")[:16]
-        tail = hashlib.sha1(f"{alert['clip_id']}|{alert['threat']}".encode()).hexdigest()[:6]
-        iid = f"{alert['site_id']}/{cp.group}/{stamp}-{tail}"
+        tail = hashlib.sha1(f"{alert.clip_id}|{alert.threat}".encode()).hexdigest()[:6]
+        iid = f"{alert.site_id}/{cp.group}/{stamp}-{tail}"
         due = iso(at + timedelta(seconds=cp.escalation_delay_s))
         return {
-            "incident_id": iid, "ref": incident_ref(iid), "site_id": alert["site_id"],
-            "site_name": site.get("name") or alert["site_id"], "group": cp.group, "threat": alert["threat"],
+            "incident_id": iid, "ref": incident_ref(iid), "site_id": alert.site_id,
+            "site_name": site.get("name") or alert.site_id, "group": cp.group, "threat": alert.threat,
             "state": "open", "opened_at": iso(at), "first_heard": heard, "last_heard": heard,
-            "alerts": 1, "max_confidence": float(alert["confidence"]), "confidence": float(alert["confidence"]),
-            "opened_by": f"{alert['clip_id']}#{alert['threat']}", "device_id": alert.get("device_id"),
+            "alerts": 1, "max_confidence": alert.confidence, "confidence": alert.confidence,
+            "opened_by": alert.member_id, "device_id": alert.device_id,
             "escalation_level": 0, "escalate_at": due, "gsi1pk": "ESCALATE", "gsi1sk": f"{due}#{iid}",
             "policy": cp.as_dict(), "trace": [f"{iso(at)} opened: {why}"],
         }
@@ -273,7 +272,7 @@ class IncidentService:
             return lead, "site lead"
         return None, "nobody left to text"
 
-    def _send_opening(self, incident: Mapping[str, Any], alert: Mapping[str, Any], site: Mapping[str, Any],
+    def _send_opening(self, incident: Mapping[str, Any], alert: Alert, site: Mapping[str, Any],
                       at: datetime, res: NotifyResult) -> None:
         rangers = self._rangers(incident["site_id"])
         on_call = [r for r in rangers if is_on_call(r, site, at)]
@@ -290,12 +289,12 @@ class IncidentService:
             return
         queue, tried = list(first), {r["ranger_id"] for r in first} | {
             r["ranger_id"] for r in rangers if r.get("number_invalid")}
-        device = self._device(alert.get("site_id"), alert.get("device_id"))
+        device = self._device(alert.site_id, alert.device_id)
         while queue:
             r = queue.pop(0)
-            body = render_alert(dict(alert), dict(site), r.get("lang", "es"), str(incident["ref"]), device, at)
+            body = render_alert(alert, dict(site), r.get("lang", "es"), str(incident["ref"]), device, at)
             status = self._text(incident, r, "open", body, res)
-            if status == "sent" and self.presign and alert["threat"] not in NO_AUDIO_LINK:
+            if status == "sent" and self.presign and alert.threat not in NO_AUDIO_LINK:
                 link = self._audio_link(alert)
                 if link:
                     self._text(incident, r, "audio", render_audio_link(str(incident["ref"]), link,
@@ -312,11 +311,11 @@ class IncidentService:
         """The recorder's registry item (its coordinates place the map link); None when unregistered."""
         return self.store.get_device(str(site_id), str(device_id)) if site_id and device_id else None
 
-    def _audio_link(self, alert: Mapping[str, Any]) -> str | None:
+    def _audio_link(self, alert: Alert) -> str | None:
         try:
             return self.presign(alert) if self.presign else None
         except Exception as exc:  # a link is a convenience: the alert goes out without it
-            log.warning("no audio link for %s: %s", alert.get("clip_id"), exc, extra={"clip_id": alert.get("clip_id")})
+            log.warning("no audio link for %s: %s", alert.clip_id, exc, extra={"clip_id": alert.clip_id})
             return None
 
     def _callback(self, incident_id: str, step: str, ranger_id: str) -> str | None:
@@ -359,11 +358,11 @@ class IncidentService:
         res.sent.append(rid)
         return "sent"
 
-    def _maybe_update(self, incident: dict[str, Any], alert: Mapping[str, Any], site: Mapping[str, Any],
+    def _maybe_update(self, incident: dict[str, Any], alert: Alert, site: Mapping[str, Any],
                       cp: ClassPolicy, trace: list[Step], res: NotifyResult) -> None:
         """One "still hearing it" update per incident, for a detection after the quiet interval."""
-        me = f"{alert['clip_id']}#{alert['threat']}"
-        heard = str(alert.get("recorded_at") or incident["last_heard"])
+        me = alert.member_id
+        heard = str(alert.recorded_at or incident["last_heard"])
         since = (parse_time(heard) - parse_time(str(incident["first_heard"]))).total_seconds()
         if incident.get("update_by") not in (None, me):
             return
@@ -386,7 +385,7 @@ class IncidentService:
             r = by_id.get(rid)
             if r is None or r.get("number_invalid"):
                 continue
-            body = render_update(incident, dict(alert), dict(site), r.get("lang", "es"))
+            body = render_update(incident, alert, dict(site), r.get("lang", "es"))
             if self._text(incident, r, "update", body, res) == "sent":
                 sent_to += 1
         trace.append(Step("still_hearing", "sent", f"still hearing it {since:.0f} s after the opening "

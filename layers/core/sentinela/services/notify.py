@@ -12,6 +12,7 @@ from typing import Any
 from sentinela.adapters.metrics import MetricSink, NullMetrics
 from sentinela.adapters.sms import SmsError, SmsGateway
 from sentinela.adapters.store import Store
+from sentinela.domain.alert import Alert
 from sentinela.services.incidents import IncidentService, NotifyResult
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ class NotifyService:
         self.policy, self.status_callback = policy, status_callback
         self.presign, self.link_minutes = presign, link_minutes
 
-    def handle_alert(self, alert: dict[str, Any]) -> NotifyResult:
+    def handle_alert(self, alert: Alert) -> NotifyResult:
         """Policy, then the site's incident: only an incident's opening texts (sentinela.services.incidents)."""
         return IncidentService(self.store, self._send, metrics=self.metrics, policy=self.policy,
                                status_callback=self.status_callback, presign=self.presign,

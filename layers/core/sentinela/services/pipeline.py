@@ -24,6 +24,7 @@ from sentinela.adapters.audio import AudioError
 from sentinela.adapters.metrics import MetricSink, NullMetrics, add_dimensioned_metric
 from sentinela.adapters.model import Model
 from sentinela.adapters.store import ClipRef, Store, clip_id_for, now_iso
+from sentinela.domain.alert import Alert
 from sentinela.domain.keys import BadKey, decode_event_key, parse_key
 from sentinela.domain.phone import mask_numbers
 from sentinela.services.classify import classify_source
@@ -149,7 +150,13 @@ class ClassifyService:
         n = self.store.write_detections(clip_id, out.result.detections, card.model_id)
         alerts = []
         for decision in out.result.alerts:
-            self.store.put_alert(ref, decision, card.model_id, out.info.duration_s)
+            self.store.put_alert(Alert(
+                clip_id=clip_id, threat=decision.threat, confidence=decision.confidence, site_id=str(ref.site_id),
+                device_id=ref.device_id, recorded_at=ref.recorded_at, threshold=decision.threshold,
+                quiet_threshold=decision.quiet_threshold, alerting_windows=decision.alerting_windows,
+                first_s=decision.first_s, reason=decision.reason, bucket=ref.bucket, key=ref.key,
+                version_id=ref.version_id, model_id=card.model_id, duration_s=out.info.duration_s,
+                created_at=now_iso()))
             alerts.append(decision.threat)
             self.metrics.add_metric(f"Alerts_{decision.threat}", "Count", 1)
         decisions = [{"threat": d.threat, "alert": d.alert, "confidence": d.confidence,
