@@ -23,9 +23,10 @@ from botocore.exceptions import ClientError
 from sentinela.adapters.audio import AudioError
 from sentinela.adapters.metrics import MetricSink, NullMetrics, add_dimensioned_metric
 from sentinela.adapters.model import Model
-from sentinela.adapters.store import ClipRef, Store, clip_id_for, now_iso
+from sentinela.adapters.store import ClipRef, clip_id_for, now_iso
 from sentinela.domain.keys import BadKey, decode_event_key, parse_key
 from sentinela.domain.phone import mask_numbers
+from sentinela.domain.repositories import ClipsAndDevices
 from sentinela.services.classify import classify_source
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
@@ -51,7 +52,7 @@ TIMEOUT_MARGIN_S = 10.0
 
 
 class ClassifyService:
-    def __init__(self, store: Store, s3: Any, model: Model, *, max_bytes: int, max_seconds: float,
+    def __init__(self, store: ClipsAndDevices, s3: Any, model: Model, *, max_bytes: int, max_seconds: float,
                  batch_size: int = 8, metrics: MetricSink | None = None, max_attempts: int = 3) -> None:
         self.store, self.s3, self.model = store, s3, model
         self.max_bytes, self.max_seconds, self.batch_size = max_bytes, max_seconds, batch_size
