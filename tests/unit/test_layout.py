@@ -2,6 +2,7 @@
 
 - the runtime (``sentinela``, layers/core/: what CoreLayer ships) never imports the tools (``sentinela_tools``);
 - the domain imports nothing of the services, the adapters, the wiring or the tools;
+- the incidents see storage only through the repository protocols (sentinela.domain.repositories);
 - the Lambda handlers import only the runtime;
 - no module imports itself back through any chain (no import cycle), in either package.
 """
@@ -62,7 +63,7 @@ def test_the_layout_is_read() -> None:
     """The rules below would pass on nothing: make sure the packages and their arrows are there."""
     assert {"sentinela.services.incidents", "sentinela.adapters.store", "sentinela.domain.policy",
             "sentinela_tools.cli", "sentinela_tools.training.fit"} <= set(MODULES)
-    assert "sentinela.adapters.store" in GRAPH["sentinela.services.incidents"]
+    assert "sentinela.domain.repositories" in GRAPH["sentinela.services.incidents"]
     assert sum(len(v) for v in GRAPH.values()) > 100
 
 
@@ -85,6 +86,12 @@ def test_handlers_import_only_the_runtime(handler: Path) -> None:
     assert not [d for d in deps if d.startswith("sentinela_tools")]
 
 
+def test_the_incidents_depend_on_the_repository_protocols_not_on_dynamodb() -> None:
+    """IncidentService runs on the in-memory fake in the unit tests: nothing of it may reach for the Store."""
+    for m in ("sentinela.services.incidents", "sentinela.services.notify"):
+        assert "sentinela.adapters.store" not in GRAPH[m], m
+
+
 def test_no_import_cycle() -> None:
     try:
         graphlib.TopologicalSorter(GRAPH).prepare()
@@ -94,4 +101,5 @@ def test_no_import_cycle() -> None:
 
 def test_the_cycle_check_can_fail() -> None:
     with pytest.raises(graphlib.CycleError):
-        graphlib.TopologicalSorter({**GRAPH, "sentinela.adapters.store": {"sentinela.services.incidents"}}).prepare()
+        back = {"sentinela.domain.repositories": {"sentinela.services.incidents"}}
+        graphlib.TopologicalSorter({**GRAPH, **back}).prepare()

@@ -7,7 +7,6 @@ import hashlib
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -17,6 +16,8 @@ from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
 from sentinela.domain.alert import Alert
+from sentinela.domain.keys import ClipRef as ClipRef  # re-exported: it used to live here
+from sentinela.domain.repositories import Repositories
 
 if TYPE_CHECKING:  # detect pulls in numpy, which the notify function does not carry
     from sentinela.domain.detect import Detection
@@ -68,18 +69,9 @@ def clip_id_for(key: str, version_id: str | None) -> str:
     return f"{base}@{version_id}" if version_id and version_id != "null" else base
 
 
-@dataclass(frozen=True)
-class ClipRef:
-    bucket: str
-    key: str
-    version_id: str | None
-    clip_id: str
-    site_id: str | None = None
-    device_id: str | None = None
-    recorded_at: str | None = None
+class Store(Repositories):
+    """Every repository protocol (sentinela.domain.repositories) on the one DynamoDB table."""
 
-
-class Store:
     def __init__(self, table_name: str, resource: Any | None = None) -> None:
         self.table = (resource or boto3.resource("dynamodb")).Table(table_name)
 

@@ -41,6 +41,18 @@ class ClipKey:
         return self.recorded_at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True)
+class ClipRef:
+    """One clip: the S3 object version it is, and what its key says (no site, device or time: a bad key)."""
+    bucket: str
+    key: str
+    version_id: str | None
+    clip_id: str
+    site_id: str | None = None
+    device_id: str | None = None
+    recorded_at: str | None = None
+
+
 def _check_id(kind: str, value: str) -> str:
     if not value:
         raise BadKey(f"missing {kind}")

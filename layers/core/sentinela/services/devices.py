@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sentinela.adapters.store import Store, now_iso
+from sentinela.adapters.store import now_iso
 from sentinela.domain.keys import BadKey, make_key
+from sentinela.domain.repositories import DeviceRepository
 
 DEFAULT_CADENCE_S = 600
 # scrypt with n=2**14, r=8 costs 16 MiB and tens of milliseconds: fine in a 256 MB function.
@@ -88,7 +89,7 @@ def check_location(lat: float | None, lon: float | None) -> None:
         raise DeviceError(f"no such place: lat {lat} (-90..90), lon {lon} (-180..180)")
 
 
-def add_device(store: Store, site_id: str, device_id: str, cadence_s: int = DEFAULT_CADENCE_S,
+def add_device(store: DeviceRepository, site_id: str, device_id: str, cadence_s: int = DEFAULT_CADENCE_S,
                lat: float | None = None, lon: float | None = None) -> str:
     """Register a device (or re-issue a revoked one: same id, new secret) and return its secret, the
     only time it exists outside the device. ``lat``/``lon`` put the alert's map link on the recorder
@@ -108,13 +109,13 @@ def add_device(store: Store, site_id: str, device_id: str, cadence_s: int = DEFA
     return secret
 
 
-def locate_device(store: Store, site_id: str, device_id: str, lat: float, lon: float) -> None:
+def locate_device(store: DeviceRepository, site_id: str, device_id: str, lat: float, lon: float) -> None:
     check_location(lat, lon)
     if not store.locate_device(site_id, device_id, lat, lon):
         raise DeviceError(f"no device {device_id} at site {site_id}")
 
 
-def revoke_device(store: Store, site_id: str, device_id: str) -> None:
+def revoke_device(store: DeviceRepository, site_id: str, device_id: str) -> None:
     if not store.revoke_device(site_id, device_id, now_iso()):
         raise DeviceError(f"no device {device_id} at site {site_id}")
 
@@ -127,5 +128,5 @@ def to_device(item: dict[str, Any]) -> Device:
                   lon=None if item.get("lon") is None else float(item["lon"]))
 
 
-def list_devices(store: Store, site_id: str | None = None) -> list[Device]:
+def list_devices(store: DeviceRepository, site_id: str | None = None) -> list[Device]:
     return sorted((to_device(i) for i in store.list_devices(site_id)), key=lambda d: (d.site_id, d.device_id))

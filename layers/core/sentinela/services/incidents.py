@@ -30,7 +30,6 @@ from typing import Any
 
 from sentinela.adapters.metrics import MetricSink, NullMetrics
 from sentinela.adapters.sms import SmsError
-from sentinela.adapters.store import Store
 from sentinela.domain.alert import Alert
 from sentinela.domain.messages import (
     render_alert,
@@ -42,6 +41,7 @@ from sentinela.domain.messages import (
 )
 from sentinela.domain.phone import mask_phone
 from sentinela.domain.policy import ClassPolicy, Step, class_policy, evaluate, parse_time, policy_limit, span_start
+from sentinela.domain.repositories import Repositories
 from sentinela.services.roster import is_on_call
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class EscalationResult:
 
 
 class IncidentService:
-    def __init__(self, store: Store, send: Send, *, metrics: MetricSink | None = None,
+    def __init__(self, store: Repositories, send: Send, *, metrics: MetricSink | None = None,
                  policy: Mapping[str, Any] | None = None, status_callback: str | None = None,
                  presign: Callable[[Alert], str] | None = None, link_minutes: int = 60) -> None:
         self.store = store

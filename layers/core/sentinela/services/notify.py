@@ -11,15 +11,15 @@ from typing import Any
 
 from sentinela.adapters.metrics import MetricSink, NullMetrics
 from sentinela.adapters.sms import SmsError, SmsGateway
-from sentinela.adapters.store import Store
 from sentinela.domain.alert import Alert
+from sentinela.domain.repositories import Repositories
 from sentinela.services.incidents import IncidentService, NotifyResult
 
 log = logging.getLogger(__name__)
 
 
 class NotifyService:
-    def __init__(self, store: Store, gateway: Callable[[], SmsGateway], *, metrics: MetricSink | None = None,
+    def __init__(self, store: Repositories, gateway: Callable[[], SmsGateway], *, metrics: MetricSink | None = None,
                  attempts: int = 3, backoff_s: float = 0.5, policy: dict[str, Any] | None = None,
                  status_callback: str | None = None, presign: Callable[[Any], str] | None = None,
                  link_minutes: int = 60) -> None:

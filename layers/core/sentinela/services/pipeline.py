@@ -23,15 +23,27 @@ from botocore.exceptions import ClientError
 from sentinela.adapters.audio import AudioError
 from sentinela.adapters.metrics import MetricSink, NullMetrics, add_dimensioned_metric
 from sentinela.adapters.model import Model
-from sentinela.adapters.store import ClipRef, Store, clip_id_for, now_iso
+from sentinela.adapters.store import ClipRef, clip_id_for, now_iso
 from sentinela.domain.alert import Alert
+from sentinela.domain.detect import AlertDecision
 from sentinela.domain.keys import BadKey, decode_event_key, parse_key
 from sentinela.domain.phone import mask_numbers
+from sentinela.domain.repositories import ClipsAndDevices
 from sentinela.services.classify import classify_source
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
 # Processed, but worth a look: recorded on the clip, tagged on the object, counted as ClipQuality_<flag>.
 QUALITY_FLAGS = ("silent", "dc_offset", "clipped", "truncated", "no_audible_band")
+
+
+def alert_for(ref: ClipRef, decision: AlertDecision, model_id: str, duration_s: float) -> Alert:
+    """The alert a clip's decision makes: what classify writes and the stream carries to notify."""
+    return Alert(clip_id=ref.clip_id, threat=decision.threat, confidence=decision.confidence,
+                 site_id=str(ref.site_id), device_id=ref.device_id, recorded_at=ref.recorded_at,
+                 threshold=decision.threshold, quiet_threshold=decision.quiet_threshold,
+                 alerting_windows=decision.alerting_windows, first_s=decision.first_s, reason=decision.reason,
+                 bucket=ref.bucket, key=ref.key, version_id=ref.version_id, model_id=model_id,
+                 duration_s=duration_s, created_at=now_iso())
 
 
 @dataclass
@@ -52,7 +64,7 @@ TIMEOUT_MARGIN_S = 10.0
 
 
 class ClassifyService:
-    def __init__(self, store: Store, s3: Any, model: Model, *, max_bytes: int, max_seconds: float,
+    def __init__(self, store: ClipsAndDevices, s3: Any, model: Model, *, max_bytes: int, max_seconds: float,
                  batch_size: int = 8, metrics: MetricSink | None = None, max_attempts: int = 3) -> None:
         self.store, self.s3, self.model = store, s3, model
         self.max_bytes, self.max_seconds, self.batch_size = max_bytes, max_seconds, batch_size
@@ -150,13 +162,7 @@ class ClassifyService:
         n = self.store.write_detections(clip_id, out.result.detections, card.model_id)
         alerts = []
         for decision in out.result.alerts:
-            self.store.put_alert(Alert(
-                clip_id=clip_id, threat=decision.threat, confidence=decision.confidence, site_id=str(ref.site_id),
-                device_id=ref.device_id, recorded_at=ref.recorded_at, threshold=decision.threshold,
-                quiet_threshold=decision.quiet_threshold, alerting_windows=decision.alerting_windows,
-                first_s=decision.first_s, reason=decision.reason, bucket=ref.bucket, key=ref.key,
-                version_id=ref.version_id, model_id=card.model_id, duration_s=out.info.duration_s,
-                created_at=now_iso()))
+            self.store.put_alert(alert_for(ref, decision, card.model_id, out.info.duration_s))
             alerts.append(decision.threat)
             self.metrics.add_metric(f"Alerts_{decision.threat}", "Count", 1)
         decisions = [{"threat": d.threat, "alert": d.alert, "confidence": d.confidence,

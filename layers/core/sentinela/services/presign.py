@@ -36,8 +36,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sentinela.adapters.metrics import MetricSink, NullMetrics
-from sentinela.adapters.store import Store
 from sentinela.domain.keys import AUDIO_EXTENSIONS, TIMESTAMP_FORMAT, BadKey, make_key
+from sentinela.domain.repositories import DeviceRepository
 from sentinela.services.devices import SCRYPT_N, SCRYPT_P, SCRYPT_R, verify_secret
 
 CONTENT_TYPES = {"flac": "audio/flac", "wav": "audio/wav", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
@@ -84,7 +84,7 @@ _DUMMY_HASH = {"kdf": "scrypt", "kdf_n": SCRYPT_N, "kdf_r": SCRYPT_R, "kdf_p": S
 
 
 class PresignService:
-    def __init__(self, store: Store, s3: Any, bucket: str, *, max_bytes: int, ttl_s: int = 600,
+    def __init__(self, store: DeviceRepository, s3: Any, bucket: str, *, max_bytes: int, ttl_s: int = 600,
                  skew_s: int = 300, per_minute: int = 30, metrics: MetricSink | None = None,
                  clock: Callable[[], float] = time.time, failures_per_device: int = 10,
                  failures_per_ip: int = 20, failure_window_s: int = 600) -> None:

@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from sentinela.adapters.store import Store
 from sentinela.domain.messages import LANGS
 from sentinela.domain.phone import valid_e164
 from sentinela.domain.policy import validate_override
+from sentinela.domain.repositories import PeopleRepository
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 ROLES = ("primary", "backup")
@@ -254,7 +254,7 @@ def load_roster(path: str | Path, known_sites: set[str] | None = None) -> dict[s
     return roster
 
 
-def import_roster(store: Store, roster: dict[str, list[dict[str, Any]]]) -> tuple[int, int]:
+def import_roster(store: PeopleRepository, roster: dict[str, list[dict[str, Any]]]) -> tuple[int, int]:
     for s in roster["sites"]:
         store.put_site(s)
     n = 0

@@ -22,8 +22,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sentinela.adapters.metrics import MetricSink, NullMetrics
-from sentinela.adapters.store import Store
 from sentinela.domain.phone import mask_phone
+from sentinela.domain.repositories import PeopleAndDevices
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def recovery_text(lang: str, device: str, site: dict[str, Any], since: datetime,
 
 
 class SilenceService:
-    def __init__(self, store: Store, send_sms: SendSms | None, publish: Publish | None, *,
+    def __init__(self, store: PeopleAndDevices, send_sms: SendSms | None, publish: Publish | None, *,
                  default_cadence_s: float = 3600.0, missed_uploads: float = 2.0,
                  metrics: MetricSink | None = None) -> None:
         self.store, self.send_sms, self.publish = store, send_sms, publish
