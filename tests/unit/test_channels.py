@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sentinela.domain.channel import ChannelError, DeliveryReport, Receipt, Sender
+from sentinela.domain.channel import ChannelError, DeliveryReport, Receipt, Sender, channel_metric
 from sentinela.services.channels import Retrying
 from sentinela.services.incidents import IncidentService, RetryLater
 from sentinela.services.silence import SilenceService
@@ -45,6 +45,13 @@ class Metrics:
 
     def add_metric(self, name: str, unit: Any, value: float) -> None:
         self.names.append(name)
+
+
+def test_a_channels_figures_are_named_after_it() -> None:
+    """The names template.yaml's alarms and the dashboard know (SmsUndelivered) stay what they were."""
+    assert [channel_metric("sms", e) for e in ("Sent", "Failed", "Undelivered")] == [
+        "SmsSent", "SmsFailed", "SmsUndelivered"]
+    assert channel_metric("whatsapp", "Sent") == "WhatsappSent"
 
 
 # --- bounded retries around any channel -------------------------------------------------------------

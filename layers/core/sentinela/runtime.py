@@ -64,7 +64,7 @@ def classify_service(metrics: MetricSink | None = None) -> ClassifyService:
 
 # --- channels (sentinela.domain.channel): how rangers are texted and answer -------------------------
 @functools.cache
-def _channels() -> dict[str, Channel]:
+def channels() -> dict[str, Channel]:
     """Every channel, by name, in order of preference (a ranger is texted on the first that reaches them).
     Nothing is read (no secret, no client) until a channel sends or checks a webhook."""
     from sentinela.adapters.twilio_sms import TwilioSms
@@ -76,7 +76,7 @@ def _channels() -> dict[str, Channel]:
 
 def channel(name: str) -> Channel:
     """The channel whose webhooks a handler answers (functions/sms_reply: "sms")."""
-    return _channels()[name]
+    return channels()[name]
 
 
 def _senders() -> tuple[Sender, ...]:
@@ -84,7 +84,7 @@ def _senders() -> tuple[Sender, ...]:
     from sentinela.services.channels import Retrying
 
     s = settings()
-    return tuple(Retrying(c, attempts=s.sms_attempts, backoff_s=s.sms_backoff_s) for c in _channels().values())
+    return tuple(Retrying(c, attempts=s.sms_attempts, backoff_s=s.sms_backoff_s) for c in channels().values())
 
 
 def notify_service(metrics: MetricSink | None = None) -> NotifyService:
@@ -185,5 +185,5 @@ def silence_service(metrics: MetricSink | None = None) -> Any:
 
 def reset() -> None:
     """Forget cached clients and settings (the local stack calls this when it restarts)."""
-    for f in (settings, model, store, s3, _channels, _s3_sigv4):
+    for f in (settings, model, store, s3, channels, _s3_sigv4):
         f.cache_clear()

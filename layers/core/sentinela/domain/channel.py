@@ -85,12 +85,18 @@ class Answer:
     body: str
 
 
+def channel_metric(channel: str, event: str) -> str:
+    """A channel's figures are its own, named after it: ("sms", "Sent") -> "SmsSent" (also "Failed",
+    "Undelivered"); template.yaml's alarms name them."""
+    return channel.title().replace("_", "") + event
+
+
 class Sender(Protocol):
     """What a service texts through."""
 
     @property
     def name(self) -> str:
-        """The channel's name ("sms"): in send claims, metric names (SmsSent) and log lines."""
+        """The channel's name ("sms"): in send claims, metric names (:func:`channel_metric`) and log lines."""
         ...
 
     def address(self, person: Mapping[str, Any]) -> str | None:

@@ -30,7 +30,7 @@ from typing import Any
 
 from sentinela.adapters.metrics import MetricSink, NullMetrics
 from sentinela.adapters.store import Store
-from sentinela.domain.channel import ChannelError, DeliveryReport, Sender
+from sentinela.domain.channel import ChannelError, DeliveryReport, Sender, channel_metric
 from sentinela.domain.messages import (
     render_alert,
     render_audio_link,
@@ -340,7 +340,7 @@ class IncidentService:
             res.failed.append(rid)
             return "failed_permanent"
         channel, to = reach
-        label = channel.name.upper()  # "SMS" in log lines, "Sms" in metric names (SmsSent)
+        label = channel.name.upper()  # "SMS sent" in log lines
         record = {"to": to, "body": body, "ranger_id": rid, "step": step, "incident_id": incident["incident_id"],
                   "ref": incident["ref"], "site_id": incident["site_id"], "threat": incident["threat"],
                   "lang": ranger.get("lang", "es"),
@@ -354,7 +354,7 @@ class IncidentService:
             status = "failed_permanent" if exc.permanent else "failed_retry"
             self.store.record_send(pk, channel.name, rid, step,
                                    {"status": status, "error_code": exc.code, "error": str(exc)})
-            self.metrics.add_metric(f"{channel.name.title()}Failed", "Count", 1)
+            self.metrics.add_metric(channel_metric(channel.name, "Failed"), "Count", 1)
             log.warning("%s to %s failed: %s", label, mask_phone(to), exc,
                         extra={"incident_id": incident["incident_id"], "step": step, "status": status,
                                "ranger_id": rid, "error_code": exc.code, "channel": channel.name})
@@ -366,7 +366,7 @@ class IncidentService:
                 res.retry = True
             return status
         self.store.record_send(pk, channel.name, rid, step, {"status": "sent", "sid": sent.id})
-        self.metrics.add_metric(f"{channel.name.title()}Sent", "Count", 1)
+        self.metrics.add_metric(channel_metric(channel.name, "Sent"), "Count", 1)
         log.info("%s sent", label, extra={"incident_id": incident["incident_id"], "step": step, "status": "sent",
                                           "ranger_id": rid, "channel": channel.name})
         res.sent.append(rid)
@@ -634,7 +634,7 @@ class IncidentService:
         if report.undelivered:
             # The channel accepted the text but the phone never got it: the send looked fine, so only this
             # report can tell ops (an alarm on SmsUndelivered).
-            self.metrics.add_metric(f"{report.channel.title()}Undelivered", "Count", 1)
+            self.metrics.add_metric(channel_metric(report.channel, "Undelivered"), "Count", 1)
             log.warning("%s undelivered", report.channel.upper(), extra={
                 "incident_id": iid, "step": step, "status": report.status, "ranger_id": rid,
                 "error_code": report.error_code, "channel": report.channel})
