@@ -1,16 +1,15 @@
-"""sms_reply: Twilio webhooks behind the HTTP API.
+"""sms_reply: the SMS channel's webhooks behind the HTTP API (the channel: sentinela.adapters.twilio_sms).
 
 POST /sms/reply  -- a ranger's SMS reply ("1" = on my way, "2" = false alarm ...) -> the incident's new
-                    state; answered with TwiML (the text Twilio sends back).
-POST /sms/status -- Twilio's delivery status callback -> recorded on the SMS item.
-Both must carry a valid X-Twilio-Signature for the URL Twilio called; anything else gets 403.
+                    state; answered in the channel's reply format (the text sent back).
+POST /sms/status -- the channel's delivery report -> recorded on the send.
+Both must carry the channel's valid signature for the URL it called; anything else gets 403.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import urllib.parse
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -19,7 +18,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from sentinela import runtime
 from sentinela.adapters import events
-from sentinela.adapters.sms import twiml_message, valid_signature
+from sentinela.domain.channel import ChannelUnavailable, InboundError, InboundRequest
 from sentinela.domain.phone import mask_phone
 
 logger = Logger()
@@ -32,7 +31,7 @@ tracer = Tracer()
 
 
 def _public_url(req: events.HttpRequest) -> str:
-    """The URL Twilio was configured with: API Gateway's domain (or PUBLIC_API_URL, for a custom domain)
+    """The URL the channel was configured with: API Gateway's domain (or PUBLIC_API_URL, for a custom domain)
     plus the path and query it called."""
     base = os.environ.get("PUBLIC_API_URL") or f"https://{req.domain}"
     return base.rstrip("/") + req.path + (f"?{req.query}" if req.query else "")
@@ -53,28 +52,32 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name="WebhookRejected", unit="Count", value=1)
         logger.warning("webhook rejected", extra={"status": bad.status, "reason": bad.reason})
         return _plain(bad.status, bad.reason)
+    channel = runtime.channel("sms")
+    inbound = InboundRequest(url=_public_url(req), headers=req.headers, form=form)
     try:
-        token = runtime.twilio_auth_token()
-    except runtime.TwilioSecretError as exc:  # fail closed: a misconfigured secret never means "accept"
+        verified = channel.verify(inbound)
+    except ChannelUnavailable as exc:  # fail closed: a misconfigured secret never means "accept"
         metrics.add_metric(name="WebhookMisconfigured", unit="Count", value=1)
-        logger.error("webhook refused: the Twilio secret is misconfigured, no webhook can be verified",
+        logger.error("webhook refused: %s is misconfigured, no webhook can be verified", exc.setting,
                      extra={"reason": str(exc)})
         return _plain(503, "service unavailable")
-    if not valid_signature(token, _public_url(req), form, req.headers.get("x-twilio-signature")):
+    if not verified:
         metrics.add_metric(name="WebhookForged", unit="Count", value=1)
-        logger.warning("webhook refused: bad or missing X-Twilio-Signature", extra={"path": req.path})
+        logger.warning("webhook refused: bad or missing signature", extra={"path": req.path})
         return _plain(403, "forbidden")
     service = runtime.incident_service(metrics)
     if req.path.endswith("/status"):
-        params = form | dict(urllib.parse.parse_qsl(req.query))
-        recorded = service.delivery_status(params)
-        logger.info("delivery status", extra={"incident_id": params.get("i"), "step": params.get("s"),
-                                              "status": params.get("MessageStatus") or params.get("SmsStatus"),
-                                              "recorded": recorded})
+        report = channel.parse_status(inbound)
+        recorded = report is not None and service.delivery_status(report)
+        names = report.callback if report else {}
+        logger.info("delivery status", extra={"incident_id": names.get("i"), "step": names.get("s"),
+                                              "status": report.status if report else None, "recorded": recorded})
         return {"statusCode": 204, "body": ""}
-    sender, sid = form.get("From", ""), form.get("MessageSid", "")
-    if not sender or not sid:
-        return _plain(400, "From and MessageSid are required")
-    answer = service.reply(sender, form.get("Body", ""), message_sid=sid)
-    logger.info("sms reply", extra={"from": mask_phone(sender), "message_sid": sid})
-    return {"statusCode": 200, "headers": {"Content-Type": "text/xml"}, "body": twiml_message(answer)}
+    try:
+        message = channel.parse_message(inbound)
+    except InboundError as bad:
+        return _plain(400, str(bad))
+    answer = service.reply(message.sender, message.body, message_id=message.message_id)
+    logger.info("sms reply", extra={"from": mask_phone(message.sender), "message_sid": message.message_id})
+    reply = channel.answer(answer)
+    return {"statusCode": 200, "headers": {"Content-Type": reply.content_type}, "body": reply.body}

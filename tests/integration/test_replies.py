@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
-from sentinela.adapters.sms import sign_request
 from sentinela.adapters.store import Store
+from sentinela.adapters.twilio_sms import sign_request
 from sentinela.domain.phone import segments
 from sentinela_tools.local.stack import LocalStack
 from tests.conftest import encode, impulse, tone

@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from sentinela.adapters.sms import Sent, SmsError
+from sentinela.adapters.twilio_sms import PERMANENT_CODES
+from sentinela.domain.channel import ChannelError, DeliveryReport, Receipt
 from sentinela.domain.detect import AlertDecision
 from sentinela.domain.keys import ClipRef
 from sentinela.services.incidents import IncidentService, RetryLater
@@ -33,20 +34,25 @@ def iso(t: dt.datetime) -> str:
 
 @dataclass
 class FakeSms:
-    """What IncidentService texts through (today a ``send(to, body, status_callback)`` callable): every
-    message kept, and failures queued per number. The one place to adapt when sends go through a channel."""
+    """An SMS channel (sentinela.domain.channel.Sender) that keeps every message, with failures queued
+    per number as Twilio would give them (its permanent codes are permanent)."""
 
+    name = "sms"
     outbox: list[tuple[str, str, str | None]] = field(default_factory=list)
-    failures: dict[str, list[SmsError]] = field(default_factory=dict)
+    failures: dict[str, list[ChannelError]] = field(default_factory=dict)
 
-    def send(self, to: str, body: str, status_callback: str | None = None) -> Sent:
+    def address(self, ranger: Mapping[str, Any]) -> str | None:
+        return str(ranger["phone"]) if ranger.get("phone") else None
+
+    def send(self, to: str, body: str, status_callback: str | None = None) -> Receipt:
         if self.failures.get(to):
             raise self.failures[to].pop(0)
         self.outbox.append((to, body, status_callback))
-        return Sent(f"SM{len(self.outbox):032d}", "queued")
+        return Receipt(f"SM{len(self.outbox):032d}", "queued")
 
     def fail(self, to: str, code: int, times: int = 1) -> None:
-        self.failures.setdefault(to, []).extend(SmsError(f"twilio error {code}", code, 400) for _ in range(times))
+        self.failures.setdefault(to, []).extend(
+            ChannelError(f"twilio error {code}", permanent=code in PERMANENT_CODES, code=code) for _ in range(times))
 
     def to(self, *numbers: str) -> list[str]:
         return [to for to, _, _ in self.outbox if not numbers or to in numbers]
@@ -85,7 +91,7 @@ def metrics() -> Metrics:
 
 @pytest.fixture()
 def service(store: MemoryStore, sms: FakeSms, metrics: Metrics) -> IncidentService:
-    return IncidentService(store, sms.send, metrics=metrics, status_callback="https://api.example/sms/status")
+    return IncidentService(store, sms, metrics=metrics, status_callback="https://api.example/sms/status")
 
 
 @pytest.fixture()
@@ -332,10 +338,10 @@ def test_a_reply_names_its_incident_and_a_replayed_webhook_acts_once(store: Memo
     service.on_alert(heard(store, "s1", T0 + dt.timedelta(minutes=1), threat="chainsaw"),
                      now=T0 + dt.timedelta(minutes=1))
     gun, saw = sorted(store.list_incidents(), key=lambda i: i["group"] != "gunshot")
-    assert service.reply(ANA, "1", now=T0, message_sid="SM1").startswith(f"Gracias Ana. Incidente {saw['ref']}")
-    assert service.reply(ANA, "1", now=T0, message_sid="SM1").startswith(f"Gracias Ana. Incidente {saw['ref']}")
+    assert service.reply(ANA, "1", now=T0, message_id="SM1").startswith(f"Gracias Ana. Incidente {saw['ref']}")
+    assert service.reply(ANA, "1", now=T0, message_id="SM1").startswith(f"Gracias Ana. Incidente {saw['ref']}")
     assert metrics["RepliesReplayed"] == 1 and metrics["IncidentsAcknowledged"] == 1
-    assert service.reply(ANA, f"3 {gun['ref']}", now=T0, message_sid="SM2").startswith(
+    assert service.reply(ANA, f"3 {gun['ref']}", now=T0, message_id="SM2").startswith(
         f"Incidente {gun['ref']} resuelto")
     assert service.reply(ANA, "1 ABCDEF", now=T0) == "Sentinela: no hay un incidente ABCDEF para este numero."
     states = {i["group"]: i["state"] for i in store.list_incidents()}
@@ -352,12 +358,16 @@ def test_delivery_status_is_recorded_and_undelivered_is_counted(store: MemorySto
     (_, _, callback) = sms.outbox[0]
     assert callback is not None
     params = {k: v[0] for k, v in urllib.parse.parse_qs(urllib.parse.urlsplit(callback).query).items()}
-    assert service.delivery_status(params | {"MessageStatus": "delivered", "MessageSid": "SMx"}) is True
+    def report(status: str, sid: str | None = None, code: str | None = None,
+               callback: Mapping[str, str] = params) -> DeliveryReport:
+        return DeliveryReport("sms", sid, status, status in ("undelivered", "failed"), code, callback)
+
+    assert service.delivery_status(report("delivered", "SMx")) is True
     inc = only_incident(store, "s1")
     (send,) = store.sends(f"INC#{inc['incident_id']}")
     assert (send["delivery_status"], send["delivery_sid"]) == ("delivered", "SMx") and metrics["SmsUndelivered"] == 0
-    assert service.delivery_status(params | {"MessageStatus": "undelivered", "ErrorCode": "30003"}) is True
+    assert service.delivery_status(report("undelivered", code="30003")) is True
     (send,) = store.sends(f"INC#{inc['incident_id']}")
     assert send["delivery_status"] == "undelivered" and send["delivery_error_code"] == "30003"
     assert metrics["SmsUndelivered"] == 1
-    assert service.delivery_status({"MessageStatus": "delivered"}) is False  # names no SMS item
+    assert service.delivery_status(report("delivered", callback={})) is False  # names no send

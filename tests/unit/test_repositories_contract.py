@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from sentinela.adapters.store import Store
+from sentinela.adapters.store import Store, to_ddb
 from sentinela.domain.alert import Alert
 from sentinela.domain.detect import AlertDecision, Detection
 from sentinela.domain.keys import ClipRef
@@ -93,6 +93,14 @@ def incident(iid: str, site: str = "s1", group: str = "gunshot", due: str = "202
 
 def raw(repo: Repositories, pk: str, sk: str) -> dict[str, Any] | None:
     return next((i for i in repo.scan_all() if i["pk"] == pk and i["sk"] == sk), None)  # type: ignore[attr-defined]
+
+
+def put_raw(repo: Repositories, item: dict[str, Any]) -> None:
+    """An item as an older release wrote it, straight into the table (or the fake's)."""
+    if isinstance(repo, MemoryStore):
+        repo.items[(item["pk"], item["sk"])] = to_ddb(item)
+    else:
+        repo.table.put_item(Item=to_ddb(item))  # type: ignore[attr-defined]
 
 
 def send_record(phone: str, iid: str, at: str) -> dict[str, Any]:
@@ -222,32 +230,52 @@ def test_a_number_is_found_on_every_site_and_flagged_on_every_site(repo: Reposit
 # --- sends and replies -----------------------------------------------------------------------------
 def test_a_send_is_claimed_once(repo: Repositories) -> None:
     rec = send_record("+56900000001", "i1", T0)
-    assert repo.claim_send("INC#i1", "ana", "open", rec) is True
-    assert repo.claim_send("INC#i1", "ana", "open", rec) is True  # still "sending": a retry may go out
-    repo.record_send("INC#i1", "ana", "open", {"status": "sent", "sid": "SM1"})
-    assert repo.claim_send("INC#i1", "ana", "open", rec) is False  # sent: never twice
+    assert repo.claim_send("INC#i1", "sms", "ana", "open", rec) is True
+    assert repo.claim_send("INC#i1", "sms", "ana", "open", rec) is True  # still "sending": a retry may go out
+    repo.record_send("INC#i1", "sms", "ana", "open", {"status": "sent", "sid": "SM1"})
+    assert repo.claim_send("INC#i1", "sms", "ana", "open", rec) is False  # sent: never twice
     (sms,) = repo.sends("INC#i1")
-    assert (sms["status"], sms["attempts"], sms["sid"], sms["type"]) == ("sent", 2, "SM1", "sms")
-    assert sms["sk"] == "SMS#open#ana" and "updated_at" in sms and sms["to"] == "+56900000001"
-    assert repo.claim_send("INC#i1", "bob", "open", rec) is True  # another ranger, another claim
-    repo.record_send("INC#i1", "bob", "open", {"status": "failed_retry", "error_code": None})
-    assert repo.claim_send("INC#i1", "bob", "open", rec) is True
-    repo.record_send("INC#i1", "bob", "open", {"status": "failed_permanent", "error_code": 21211})
-    assert repo.claim_send("INC#i1", "bob", "open", rec) is False
-    assert repo.claim_send("INC#i1", "ana", "esc1", rec) is True  # another step, another claim
+    assert (sms["status"], sms["attempts"], sms["sid"]) == ("sent", 2, "SM1")
+    assert (sms["type"], sms["channel"]) == ("send", "sms")
+    assert sms["sk"] == "SEND#sms#open#ana" and "updated_at" in sms and sms["to"] == "+56900000001"
+    assert repo.claim_send("INC#i1", "sms", "bob", "open", rec) is True  # another ranger, another claim
+    repo.record_send("INC#i1", "sms", "bob", "open", {"status": "failed_retry", "error_code": None})
+    assert repo.claim_send("INC#i1", "sms", "bob", "open", rec) is True
+    repo.record_send("INC#i1", "sms", "bob", "open", {"status": "failed_permanent", "error_code": 21211})
+    assert repo.claim_send("INC#i1", "sms", "bob", "open", rec) is False
+    assert repo.claim_send("INC#i1", "sms", "ana", "esc1", rec) is True  # another step, another claim
+    assert repo.claim_send("INC#i1", "whatsapp", "ana", "open", rec) is True  # another channel, another claim
+
+
+def test_an_sms_claimed_before_channels_is_honoured(repo: Repositories) -> None:
+    """Items an incident in flight at the deploy holds: ``SMS#<step>#<ranger>``, type sms."""
+    old = send_record("+56900000001", "i1", T0) | {"ranger_id": "ana", "step": "open", "type": "sms"}
+    put_raw(repo, old | {"pk": "INC#i1", "sk": "SMS#open#ana", "status": "sent", "sid": "SM0"})
+    put_raw(repo, old | {"pk": "INC#i1", "sk": "SMS#open#bob", "ranger_id": "bob", "status": "failed_retry"})
+    assert repo.claim_send("INC#i1", "sms", "ana", "open", old) is False  # sent before the deploy: never again
+    assert repo.claim_send("INC#i1", "whatsapp", "ana", "open", old) is True  # only SMS claims had the old key
+    assert repo.record_delivery("INC#i1", "sms", "ana", "open", {"delivery_status": "delivered"}) is True
+    assert raw(repo, "INC#i1", "SMS#open#ana")["delivery_status"] == "delivered"  # type: ignore[index]
+    assert repo.claim_send("INC#i1", "sms", "bob", "open", old | {"ranger_id": "bob"}) is True  # a retry takes over
+    sends = {(s["channel"], s["ranger_id"], s["sk"]) for s in repo.sends("INC#i1")}
+    assert sends == {("sms", "ana", "SMS#open#ana"), ("whatsapp", "ana", "SEND#whatsapp#open#ana"),
+                     ("sms", "bob", "SEND#sms#open#bob")}
+    assert repo.record_delivery("INC#i1", "sms", "tom", "open", {"delivery_status": "delivered"}) is False
+    assert raw(repo, "INC#i1", "SEND#sms#open#tom") is None  # a report on no send writes nothing
 
 
 def test_sends_come_by_key_and_by_phone_newest_first(repo: Repositories) -> None:
     phone = "+56900000001"
     for i, (step, rid) in enumerate([("open", "bob"), ("esc1", "ana"), ("open", "ana")]):
-        repo.claim_send("INC#i1", rid, step, send_record(phone if rid == "ana" else "+1", "i1", f"{T0[:-3]}0{i}Z"))
-    repo.claim_send("INC#i2", "ana", "open", send_record(phone, "i2", "2026-11-28T15:00:00Z"))
-    assert [s["sk"] for s in repo.sends("INC#i1")] == ["SMS#esc1#ana", "SMS#open#ana", "SMS#open#bob"]
+        rec = send_record(phone if rid == "ana" else "+1", "i1", f"{T0[:-3]}0{i}Z")
+        repo.claim_send("INC#i1", "sms", rid, step, rec)
+    repo.claim_send("INC#i2", "sms", "ana", "open", send_record(phone, "i2", "2026-11-28T15:00:00Z"))
+    assert [s["sk"] for s in repo.sends("INC#i1")] == ["SEND#sms#esc1#ana", "SEND#sms#open#ana", "SEND#sms#open#bob"]
     assert [(s["incident_id"], s["sk"]) for s in repo.sends_to(phone)] == [
-        ("i2", "SMS#open#ana"), ("i1", "SMS#open#ana"), ("i1", "SMS#esc1#ana")]
+        ("i2", "SEND#sms#open#ana"), ("i1", "SEND#sms#open#ana"), ("i1", "SEND#sms#esc1#ana")]
     assert [s["incident_id"] for s in repo.sends_to(phone, limit=1)] == ["i2"]
     assert repo.sends_to("+19999999999") == [] and repo.sends("INC#i3") == []
-    repo.record_send("INC#i9", "ana", "open", {"delivery_status": "delivered"})  # a callback for a lost claim
+    repo.record_send("INC#i9", "sms", "ana", "open", {"delivery_status": "delivered"})  # a callback for a lost claim
     (late,) = repo.sends("INC#i9")
     assert late["delivery_status"] == "delivered"
 
@@ -444,8 +472,9 @@ def _scenario(repo: Repositories) -> list[dict[str, Any]]:
     repo.update_incident("i1", {"state": "acknowledged", "acknowledged_by": "ana"}, remove=("gsi1pk", "gsi1sk"),
                          append_trace=["ack"])
     repo.annotate_alert("c1", "gunshot", {"outcome": "opened", "incident_id": "i1", "policy": {"window_s": 60.0}})
-    repo.claim_send("INC#i1", "ana", "open", send_record("+56900000001", "i1", T0) | {"lang": "es", "step": "open"})
-    repo.record_send("INC#i1", "ana", "open", {"status": "sent", "sid": "SM1", "error_code": None})
+    repo.claim_send("INC#i1", "sms", "ana", "open",
+                    send_record("+56900000001", "i1", T0) | {"lang": "es", "step": "open"})
+    repo.record_send("INC#i1", "sms", "ana", "open", {"status": "sent", "sid": "SM1", "error_code": None})
     repo.claim_reply("SM9", {"body": "1"}, 1_800_000_000)
     repo.finish_reply("SM9", {"answer": "ok", "reply_status": "done"})
     repo.mark_number_invalid("+56900000001", 21211, "invalid")
@@ -476,8 +505,8 @@ def test_both_hold_the_same_items(dynamodb: Store) -> None:
 
 # --- the contract can fail -------------------------------------------------------------------------
 class ClaimsWithoutCondition(MemoryStore):
-    def claim_send(self, pk: str, ranger_id: str, step: str, record: Mapping[str, Any]) -> bool:
-        super().claim_send(pk, ranger_id, step, record)
+    def claim_send(self, pk: str, channel: str, ranger_id: str, step: str, record: Mapping[str, Any]) -> bool:
+        super().claim_send(pk, channel, ranger_id, step, record)
         return True
 
 

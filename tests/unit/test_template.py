@@ -776,8 +776,18 @@ def test_silent_failures_are_alarmed_from_metrics_the_code_emits(tpl: dict[str, 
     src += "".join((REPO / "functions" / f / "app.py").read_text() for f in ("sms_reply", "notify"))
     assert {("ClipsFailed", "classify"), ("WebhookMisconfigured", "sms_reply"),
             ("AlertsRejected", "notify")} <= emitted
+    from sentinela import runtime
+    from sentinela.domain.channel import channel_metric
+
+    try:  # a channel's figures are named after it (SmsUndelivered: channel_metric(name, "Undelivered"))
+        wired = list(runtime.channels())
+    finally:
+        runtime.reset()
     for metric, _ in emitted:
-        assert f'"{metric}"' in src, metric  # an alarm on a metric nobody emits would never fire
+        events = [e for name in wired for e in ("Sent", "Failed", "Undelivered") if channel_metric(name, e) == metric]
+        emits = f'"{metric}"' in src or any(f'channel_metric(report.channel, "{e}")' in src
+                                            or f'channel_metric(channel.name, "{e}")' in src for e in events)
+        assert emits, metric  # an alarm on a metric nobody emits would never fire
     age = alarms["NotifyIteratorAgeAlarm"]
     assert (age["Namespace"], age["MetricName"], age["Statistic"]) == ("AWS/Lambda", "IteratorAge", "Maximum")
     api = {m["Id"]: m for m in alarms["Api5xxAlarm"]["Metrics"]}

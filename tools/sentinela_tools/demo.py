@@ -249,7 +249,7 @@ def _incidents(store: Store, items: list[dict[str, Any]]) -> list[dict[str, Any]
 
     sms_by_pk: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for i in items:
-        if i.get("type") == "sms" and str(i.get("pk", "")).startswith("INC#"):
+        if i.get("type") in ("send", "sms") and str(i.get("pk", "")).startswith("INC#"):  # "sms": before channels
             sms_by_pk[i["pk"]].append(i)
     out = []
     for inc in sorted((i for i in items if i.get("type") == "incident"), key=lambda i: i["first_heard"]):

@@ -19,7 +19,7 @@ from sentinela.domain.alert import Alert
 # the heavy modules are imported where they are needed, not here.
 if TYPE_CHECKING:
     from sentinela.adapters.model import Model
-    from sentinela.adapters.sms import SmsGateway
+    from sentinela.domain.channel import Channel, Sender
     from sentinela.services.incidents import IncidentService
     from sentinela.services.notify import NotifyService
     from sentinela.services.pipeline import ClassifyService
@@ -63,24 +63,36 @@ def classify_service(metrics: MetricSink | None = None) -> ClassifyService:
                            max_attempts=int(os.environ.get("CLASSIFY_MAX_ATTEMPTS", "3")))
 
 
+# --- channels (sentinela.domain.channel): how rangers are texted and answer -------------------------
 @functools.cache
-def _gateway() -> SmsGateway:
-    from sentinela.adapters.sms import SmsGateway
+def channels() -> dict[str, Channel]:
+    """Every channel, by name, in order of preference (a ranger is texted on the first that reaches them).
+    Nothing is read (no secret, no client) until a channel sends or checks a webhook."""
+    from sentinela.adapters.twilio_sms import TwilioSms
 
     s = settings()
-    secret = twilio_secret()
-    from_number = s.sms_from or secret.get("from_number")
-    if not from_number:
-        raise RuntimeError("no sender number: set SMS_FROM_NUMBER or from_number in the Twilio secret")
-    return SmsGateway(secret["account_sid"], secret["auth_token"], from_number, api_base=s.twilio_api_base)
+    sms = TwilioSms(_twilio_secret, s.sms_from, api_base=s.twilio_api_base)
+    return {sms.name: sms}
+
+
+def channel(name: str) -> Channel:
+    """The channel whose webhooks a handler answers (functions/sms_reply: "sms")."""
+    return channels()[name]
+
+
+def _senders() -> tuple[Sender, ...]:
+    """The channels as the services send through them: with bounded retries (SMS_SEND_ATTEMPTS, SMS_BACKOFF_S)."""
+    from sentinela.services.channels import Retrying
+
+    s = settings()
+    return tuple(Retrying(c, attempts=s.sms_attempts, backoff_s=s.sms_backoff_s) for c in channels().values())
 
 
 def notify_service(metrics: MetricSink | None = None) -> NotifyService:
+    from sentinela.services.incidents import IncidentService
     from sentinela.services.notify import NotifyService
 
-    s = settings()
-    return NotifyService(store(), _gateway, metrics=metrics, attempts=s.sms_attempts, backoff_s=s.sms_backoff_s,
-                         **_incident_options())
+    return NotifyService(IncidentService(store(), _senders(), metrics=metrics, **_incident_options()))
 
 
 # --- incidents, escalation and SMS replies (sentinela.services.incidents) ------------------------------------
@@ -110,41 +122,24 @@ def _s3_sigv4() -> Any:
 
 
 def incident_service(metrics: MetricSink | None = None) -> IncidentService:
-    """The escalation sweep and the SMS replies; sends go through NotifyService (bounded retries)."""
+    """The escalation sweep and the replies; sends go through the channels (bounded retries)."""
     from sentinela.services.incidents import IncidentService
 
-    notifier = notify_service(metrics)
     opts = _incident_options()
-    return IncidentService(store(), notifier._send, metrics=metrics, status_callback=opts["status_callback"])
+    return IncidentService(store(), _senders(), metrics=metrics, status_callback=opts["status_callback"])
 
 
-class TwilioSecretError(RuntimeError):
-    """The Twilio secret is missing, unreadable or has no auth token: a deployment problem ops must fix.
-    Webhooks are refused (never accepted unchecked) until it is."""
-
-
-def twilio_secret() -> dict[str, Any]:
-    """The Twilio secret (cached by Powertools for 5 minutes). Refuses one without an auth token: with an
-    empty token, a signature computed with an empty key would validate, i.e. anyone could sign."""
+def _twilio_secret() -> Any:
+    """The Twilio secret's value (cached by Powertools for 5 minutes); the adapter checks it
+    (sentinela.adapters.twilio_sms.checked_secret)."""
     from aws_lambda_powertools.utilities import parameters
+
+    from sentinela.adapters.twilio_sms import TwilioSecretError
 
     s = settings()
     if not s.twilio_secret:
         raise TwilioSecretError("TWILIO_SECRET_ARN is not set")
-    try:
-        secret: Any = parameters.get_secret(s.twilio_secret, transform="json", max_age=300)
-    except Exception as exc:  # unreadable or not JSON: the same fix (put a valid secret value)
-        raise TwilioSecretError(f"the Twilio secret could not be read: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(secret, dict) or not isinstance(secret.get("auth_token"), str) \
-            or not secret["auth_token"].strip():
-        raise TwilioSecretError("the Twilio secret has no auth_token (missing or empty): set it with "
-                                "`aws secretsmanager put-secret-value` (README, Deploying)")
-    return secret
-
-
-def twilio_auth_token() -> str:
-    """For X-Twilio-Signature: the auth token from the Twilio secret; :class:`TwilioSecretError` if none."""
-    return str(twilio_secret()["auth_token"])
+    return parameters.get_secret(s.twilio_secret, transform="json", max_age=300)
 
 
 # --- presign (recorder uploads) -----------------------------------------------------------------
@@ -171,7 +166,7 @@ def presign_service(metrics: MetricSink | None = None) -> PresignService:
 # --- silence alarm (sentinela.services.silence) -------------------------------------------------------------
 def silence_service(metrics: MetricSink | None = None) -> Any:
     """SILENCE_DEFAULT_CADENCE_S (3600), SILENCE_MISSED_UPLOADS (2), OPS_TOPIC_ARN (unset: no e-mail).
-    The Twilio secret is read only when a message is actually sent."""
+    A channel's secret is read only when a message is actually sent."""
     import os
 
     import boto3
@@ -184,13 +179,12 @@ def silence_service(metrics: MetricSink | None = None) -> Any:
     def publish(subject: str, text: str) -> None:
         boto3.client("sns").publish(TopicArn=topic, Subject=subject, Message=text)
 
-    return SilenceService(store(), lambda to, body: notify_service(metrics)._send(to, body),
-                          publish if topic else None,
+    return SilenceService(store(), _senders(), publish if topic else None,
                           default_cadence_s=float(env.get("SILENCE_DEFAULT_CADENCE_S", "3600")),
                           missed_uploads=float(env.get("SILENCE_MISSED_UPLOADS", "2")), metrics=metrics)
 
 
 def reset() -> None:
     """Forget cached clients and settings (the local stack calls this when it restarts)."""
-    for f in (settings, model, store, s3, _gateway, _s3_sigv4):
+    for f in (settings, model, store, s3, channels, _s3_sigv4):
         f.cache_clear()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from sentinela.adapters.store import from_ddb, now_iso, to_ddb
+from sentinela.adapters.store import from_ddb, legacy_sms_key, now_iso, to_ddb
 from sentinela.domain.alert import Alert
 from sentinela.domain.keys import ClipRef
 from sentinela.domain.repositories import Item, Repositories
@@ -257,11 +257,20 @@ class MemoryStore(Repositories):
         return n
 
     # --- messages -----------------------------------------------------------------------------
-    def claim_send(self, pk: str, ranger_id: str, step: str, record: Mapping[str, Any]) -> bool:
-        key = (pk, f"SMS#{step}#{ranger_id}")
-        item = dict(record) | {"pk": key[0], "sk": key[1], "type": "sms", "status": "sending", "attempts": 1,
-                               "created_at": now_iso()}
+    @staticmethod
+    def _send_key(pk: str, channel: str, ranger_id: str, step: str) -> tuple[str, str]:
+        return (pk, f"SEND#{channel}#{step}#{ranger_id}")
+
+    def claim_send(self, pk: str, channel: str, ranger_id: str, step: str, record: Mapping[str, Any]) -> bool:
+        legacy = legacy_sms_key(pk, channel, ranger_id, step)
+        key = self._send_key(pk, channel, ranger_id, step)
+        item = dict(record) | {"pk": key[0], "sk": key[1], "type": "send", "channel": channel, "status": "sending",
+                               "attempts": 1, "created_at": now_iso()}
         with self._lock:
+            if legacy is not None:
+                old = self.items.get((legacy["pk"], legacy["sk"]))
+                if old is not None and old.get("status") in ("sent", "failed_permanent"):
+                    return False
             if self._write(key, absent, replaced(item)):
                 return True
             if self.items[key].get("status") in ("sent", "failed_permanent"):
@@ -269,12 +278,21 @@ class MemoryStore(Repositories):
             self._always(key, updated(key, add={"attempts": 1}))
             return True
 
-    def record_send(self, pk: str, ranger_id: str, step: str, fields: Mapping[str, Any]) -> None:
-        key = (pk, f"SMS#{step}#{ranger_id}")
+    def record_send(self, pk: str, channel: str, ranger_id: str, step: str, fields: Mapping[str, Any]) -> None:
+        key = self._send_key(pk, channel, ranger_id, step)
         self._always(key, updated(key, put={k: to_ddb(v) for k, v in fields.items()} | {"updated_at": now_iso()}))
 
+    def record_delivery(self, pk: str, channel: str, ranger_id: str, step: str, fields: Mapping[str, Any]) -> bool:
+        legacy = legacy_sms_key(pk, channel, ranger_id, step)
+        keys = [self._send_key(pk, channel, ranger_id, step)] + ([(legacy["pk"], legacy["sk"])] if legacy else [])
+        put = {k: to_ddb(v) for k, v in fields.items()} | {"updated_at": now_iso()}
+        return any(self._write(k, exists, updated(k, put=put)) for k in keys)
+
     def sends(self, pk: str) -> list[Item]:
-        return self._query_pk(pk, "SMS#")
+        current = self._query_pk(pk, "SEND#")
+        taken = {(s.get("channel"), s.get("step"), s.get("ranger_id")) for s in current}
+        legacy = [s | {"channel": "sms"} for s in self._query_pk(pk, "SMS#")]
+        return current + [s for s in legacy if ("sms", s.get("step"), s.get("ranger_id")) not in taken]
 
     def sends_to(self, phone: str, limit: int = 20) -> list[Item]:
         return self._query_index(f"TO#{phone}", newest_first=True, limit=limit)

@@ -323,7 +323,7 @@ class LocalStack:
         ``signature`` given, e.g. a forged one) and return the handler's response."""
         import urllib.parse
 
-        from sentinela.adapters.sms import sign_request
+        from sentinela.adapters.twilio_sms import sign_request
 
         url = f"{self.http_api.url}{path}" + (f"?{query}" if query else "")
         sig = signature if signature is not None else sign_request(self.twilio.auth_token, url, form)

@@ -196,14 +196,27 @@ class Store(Repositories):
                            ConditionExpression="attribute_exists(pk)")
 
     # --- messages -----------------------------------------------------------------------------
-    def claim_send(self, pk: str, ranger_id: str, step: str, record: Mapping[str, Any]) -> bool:
-        """Claim the right to text ``ranger_id`` for (alert|incident ``pk``, ``step``). False when a send
-        was already recorded as ``sent`` (or failed permanently): the caller must not text again."""
-        key = {"pk": pk, "sk": f"SMS#{step}#{ranger_id}"}
+    # A send is ``SEND#<channel>#<step>#<ranger>`` under its incident's pk, so the same ranger and step on
+    # two channels are two claims. Before channels, SMS sends were ``SMS#<step>#<ranger>`` (type "sms"):
+    # those of incidents still in flight at a deploy are read as "sms" sends, and one recorded as done
+    # is never sent again under the new key (:func:`legacy_sms_key`).
+    @staticmethod
+    def _send_key(pk: str, channel: str, ranger_id: str, step: str) -> dict[str, str]:
+        return {"pk": pk, "sk": f"SEND#{channel}#{step}#{ranger_id}"}
+
+    def claim_send(self, pk: str, channel: str, ranger_id: str, step: str, record: Mapping[str, Any]) -> bool:
+        """Claim the right to text ``ranger_id`` on ``channel`` for (incident ``pk``, ``step``). False when
+        a send was already recorded as ``sent`` (or failed permanently): the caller must not text again."""
+        legacy = legacy_sms_key(pk, channel, ranger_id, step)
+        if legacy is not None:
+            old = self.table.get_item(Key=legacy, ConsistentRead=True).get("Item")
+            if old is not None and from_ddb(old).get("status") in ("sent", "failed_permanent"):
+                return False
+        key = self._send_key(pk, channel, ranger_id, step)
         try:
             self.table.put_item(
-                Item=to_ddb(dict(record) | key | {"type": "sms", "status": "sending", "attempts": 1,
-                                                   "created_at": now_iso()}),
+                Item=to_ddb(dict(record) | key | {"type": "send", "channel": channel, "status": "sending",
+                                                   "attempts": 1, "created_at": now_iso()}),
                 ConditionExpression="attribute_not_exists(pk)",
             )
             return True
@@ -216,17 +229,32 @@ class Store(Repositories):
         self.table.update_item(Key=key, UpdateExpression="ADD attempts :one", ExpressionAttributeValues={":one": 1})
         return True
 
-    def record_send(self, pk: str, ranger_id: str, step: str, fields: Mapping[str, Any]) -> None:
+    def record_send(self, pk: str, channel: str, ranger_id: str, step: str, fields: Mapping[str, Any]) -> None:
+        self._update_send(self._send_key(pk, channel, ranger_id, step), fields, must_exist=False)
+
+    def record_delivery(self, pk: str, channel: str, ranger_id: str, step: str, fields: Mapping[str, Any]) -> bool:
+        """A channel's delivery report on a send, which may predate the channel key (a legacy SMS item);
+        False when no such send exists (nothing is written)."""
+        keys = [self._send_key(pk, channel, ranger_id, step), legacy_sms_key(pk, channel, ranger_id, step)]
+        return any(self._update_send(k, fields, must_exist=True) for k in keys if k is not None)
+
+    def _update_send(self, key: Mapping[str, str], fields: Mapping[str, Any], *, must_exist: bool) -> bool:
         names = {f"#{k}": k for k in fields}
         values = {f":{k}": to_ddb(v) for k, v in fields.items()}
-        self.table.update_item(
-            Key={"pk": pk, "sk": f"SMS#{step}#{ranger_id}"},
+        kw: dict[str, Any] = {"ConditionExpression": "attribute_exists(pk)"} if must_exist else {}
+        return conditional(
+            self.table.update_item, Key=dict(key),
             UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in fields) + ", updated_at = :u",
-            ExpressionAttributeNames=names, ExpressionAttributeValues=values | {":u": now_iso()},
+            ExpressionAttributeNames=names, ExpressionAttributeValues=values | {":u": now_iso()}, **kw,
         )
 
     def sends(self, pk: str) -> list[dict[str, Any]]:
-        return self._query_pk(pk, "SMS#")
+        """Every send of incident ``pk``, each with its ``channel``; a legacy SMS item counts unless a
+        send under the channel key took its place (it was retried after the deploy)."""
+        current = self._query_pk(pk, "SEND#")
+        taken = {(s.get("channel"), s.get("step"), s.get("ranger_id")) for s in current}
+        legacy = [s | {"channel": "sms"} for s in self._query_pk(pk, "SMS#")]
+        return current + [s for s in legacy if ("sms", s.get("step"), s.get("ranger_id")) not in taken]
 
     # --- devices (recorder uploads: sentinela.services.devices, sentinela.services.presign) -----------------------
     # A device is ``SITE#<site>`` / ``DEVICE#<device>``, type "device": cadence_s (read by the silence
@@ -379,7 +407,7 @@ class Store(Repositories):
     # member     pk INC#<id>  sk MEMBER#<clip>#<threat>      one per alert that joined (or opened) it
     # link       pk CLIP#<clip> sk INCIDENT#<threat>         which incident an alert went to (redelivery)
     # open slot  pk SITE#<site> sk OPEN#<group>              the site's current incident for that group
-    # SMS items of an incident live under its pk, with gsi1 TO#<phone>/<time>#<id> (replies find them).
+    # Sends of an incident live under its pk, with gsi1 TO#<address>/<time>#<id> (replies find them).
     def _transact(self, items: list[dict[str, Any]]) -> list[str] | None:
         """Write all or nothing; None on success, else the cancellation code of each item."""
         try:
@@ -545,7 +573,7 @@ class Store(Repositories):
         return n
 
     def sends_to(self, phone: str, limit: int = 20) -> list[dict[str, Any]]:
-        """The latest SMS items sent to ``phone`` (newest first)."""
+        """The latest sends to ``phone`` (an address on any channel), newest first."""
         page = self.table.query(IndexName="gsi1", KeyConditionExpression=Key("gsi1pk").eq(f"TO#{phone}"),
                                 ScanIndexForward=False, Limit=limit)
         return [from_ddb(i) for i in page.get("Items", [])]
@@ -614,6 +642,12 @@ class Store(Repositories):
 
     def scan_all(self) -> list[dict[str, Any]]:
         return self._all(self.table.scan, {})
+
+
+def legacy_sms_key(pk: str, channel: str, ranger_id: str, step: str) -> dict[str, str] | None:
+    """Where an SMS send was claimed before sends were keyed by channel (None for other channels). The
+    reads of it can go once no incident opened before that deploy is still active."""
+    return {"pk": pk, "sk": f"SMS#{step}#{ranger_id}"} if channel == "sms" else None
 
 
 def epoch() -> int:

@@ -116,15 +116,21 @@ class IncidentRepository(Protocol):
         """Incidents on the escalation index (``gsi1pk`` ESCALATE) due at or before ``now``, soonest first."""
         ...
 
-    def claim_send(self, pk: str, ranger_id: str, step: str, record: Mapping[str, Any]) -> bool:
-        """The right to text ``ranger_id`` for (``pk``, ``step``); False once that send is ``sent`` or
-        ``failed_permanent``: the caller must not text again."""
+    def claim_send(self, pk: str, channel: str, ranger_id: str, step: str, record: Mapping[str, Any]) -> bool:
+        """The right to text ``ranger_id`` on ``channel`` for (``pk``, ``step``); False once that send is
+        ``sent`` or ``failed_permanent`` (an SMS recorded under the key from before channels counts too):
+        the caller must not text again."""
         ...
 
-    def record_send(self, pk: str, ranger_id: str, step: str, fields: Mapping[str, Any]) -> None: ...
+    def record_send(self, pk: str, channel: str, ranger_id: str, step: str, fields: Mapping[str, Any]) -> None: ...
+
+    def record_delivery(self, pk: str, channel: str, ranger_id: str, step: str, fields: Mapping[str, Any]) -> bool:
+        """A channel's delivery report on an existing send (under either key); False, and nothing written,
+        when there is no such send."""
+        ...
 
     def sends(self, pk: str) -> list[Item]:
-        """The SMS items under an incident (``INC#<id>``), by step and ranger."""
+        """The sends under an incident (``INC#<id>``), each with its ``channel``."""
         ...
 
     def sends_to(self, phone: str, limit: int = 20) -> list[Item]:

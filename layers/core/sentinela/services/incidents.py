@@ -10,7 +10,7 @@ hearing it" update to the rangers already texted. Nobody acknowledging within ``
 texts the next on-call ranger, then the site lead (:meth:`IncidentService.escalate_due`, on a schedule).
 Replies by SMS move the incident: open -> acknowledged -> resolved | false_alarm, with who and when.
 
-Every send is claimed per (incident, ranger, step) before it goes out (``Store.claim_send``), so a
+Every send is claimed per (incident, channel, ranger, step) before it goes out (``Store.claim_send``), so a
 redelivered stream batch or a re-run sweep never texts anyone twice. The clock is :func:`utcnow`
 (``SENTINELA_NOW`` pins it, for tests and replays) or the ``now`` argument.
 """
@@ -23,14 +23,14 @@ import os
 import re
 import unicodedata
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sentinela.adapters.metrics import MetricSink, NullMetrics
-from sentinela.adapters.sms import SmsError
 from sentinela.domain.alert import Alert
+from sentinela.domain.channel import ChannelError, DeliveryReport, Sender, channel_metric
 from sentinela.domain.messages import (
     render_alert,
     render_audio_link,
@@ -52,11 +52,10 @@ ACK_WORDS = {"1", "SI", "VOY", "YES", "Y", "OK"}
 FALSE_WORDS = {"2", "FALSA", "FALSE", "NO"}
 RESOLVE_WORDS = {"3", "FIN", "RESUELTO", "RESOLVED", "DONE"}
 NO_AUDIO_LINK = {"human_voice"}  # privacy: people's voices are never sent out as links
-UNDELIVERED = {"undelivered", "failed"}  # Twilio's final statuses for a text that never reached the phone
 # A "2" on these classes closes the incident only when the same ranger sends a second "2" within this
 # many seconds: a slip of the thumb must not silence a gunshot.
 FALSE_ALARM_CONFIRM_S = {"gunshot": 600}
-REPLY_MEMORY_S = 30 * 24 * 3600  # how long a MessageSid is remembered (Twilio retries within minutes)
+REPLY_MEMORY_S = 30 * 24 * 3600  # how long a reply's message id is remembered (channels retry within minutes)
 _REF = re.compile(r"^[0-9A-F]{6}$")
 
 
@@ -95,11 +94,8 @@ def reply_ref(body: str) -> str | None:
     return next((w for w in words[1:3] if _REF.match(w)), None)
 
 
-Send = Callable[[str, str, str | None], Any]
-
-
 class RetryLater(Exception):
-    """A send that may succeed later (Twilio 429/5xx, timeouts): the stream record is retried."""
+    """A send that may succeed later (a channel's 429/5xx, timeouts): the stream record is retried."""
 
 
 @dataclass
@@ -121,11 +117,12 @@ class EscalationResult:
 
 
 class IncidentService:
-    def __init__(self, store: Repositories, send: Send, *, metrics: MetricSink | None = None,
+    def __init__(self, store: Repositories, channels: Sender | Sequence[Sender], *, metrics: MetricSink | None = None,
                  policy: Mapping[str, Any] | None = None, status_callback: str | None = None,
                  presign: Callable[[Alert], str] | None = None, link_minutes: int = 60) -> None:
         self.store = store
-        self._send = send
+        # In order of preference: a ranger is texted on the first channel that has an address for them.
+        self.channels: tuple[Sender, ...] = tuple(channels) if isinstance(channels, Sequence) else (channels,)
         self.metrics: MetricSink = metrics or NullMetrics()
         self.policy = policy
         self.status_callback = status_callback
@@ -324,37 +321,53 @@ class IncidentService:
         q = urllib.parse.urlencode({"i": incident_id, "s": step, "r": ranger_id})
         return f"{self.status_callback}?{q}"
 
+    def _reach(self, ranger: Mapping[str, Any]) -> tuple[Sender, str] | None:
+        for channel in self.channels:
+            to = channel.address(ranger)
+            if to:
+                return channel, to
+        return None
+
     def _text(self, incident: Mapping[str, Any], ranger: Mapping[str, Any], step: str, body: str,
               res: NotifyResult) -> str:
         """Claim, send, record. Returns "sent", "skipped" (already done), "failed_retry" or "failed_permanent"."""
-        pk, rid, phone = f"INC#{incident['incident_id']}", str(ranger["ranger_id"]), str(ranger["phone"])
-        record = {"to": phone, "body": body, "ranger_id": rid, "step": step, "incident_id": incident["incident_id"],
+        pk, rid = f"INC#{incident['incident_id']}", str(ranger["ranger_id"])
+        reach = self._reach(ranger)
+        if reach is None:  # on no channel at all: nothing to retry, the next ranger in their place
+            log.warning("ranger %s has no address on any channel", rid, extra={
+                "incident_id": incident["incident_id"], "step": step, "status": "failed_permanent", "ranger_id": rid})
+            res.failed.append(rid)
+            return "failed_permanent"
+        channel, to = reach
+        label = channel.name.upper()  # "SMS sent" in log lines
+        record = {"to": to, "body": body, "ranger_id": rid, "step": step, "incident_id": incident["incident_id"],
                   "ref": incident["ref"], "site_id": incident["site_id"], "threat": incident["threat"],
                   "lang": ranger.get("lang", "es"),
-                  "gsi1pk": f"TO#{phone}", "gsi1sk": f"{iso(utcnow())}#{incident['incident_id']}"}
-        if not self.store.claim_send(pk, rid, step, record):
+                  "gsi1pk": f"TO#{to}", "gsi1sk": f"{iso(utcnow())}#{incident['incident_id']}"}
+        if not self.store.claim_send(pk, channel.name, rid, step, record):
             res.skipped.append(rid)
             return "skipped"
         try:
-            sent = self._send(phone, body, self._callback(str(incident["incident_id"]), step, rid))
-        except SmsError as exc:
+            sent = channel.send(to, body, self._callback(str(incident["incident_id"]), step, rid))
+        except ChannelError as exc:
             status = "failed_permanent" if exc.permanent else "failed_retry"
-            self.store.record_send(pk, rid, step, {"status": status, "error_code": exc.code, "error": str(exc)})
-            self.metrics.add_metric("SmsFailed", "Count", 1)
-            log.warning("SMS to %s failed: %s", mask_phone(phone), exc,
+            self.store.record_send(pk, channel.name, rid, step,
+                                   {"status": status, "error_code": exc.code, "error": str(exc)})
+            self.metrics.add_metric(channel_metric(channel.name, "Failed"), "Count", 1)
+            log.warning("%s to %s failed: %s", label, mask_phone(to), exc,
                         extra={"incident_id": incident["incident_id"], "step": step, "status": status,
-                               "ranger_id": rid, "error_code": exc.code})
+                               "ranger_id": rid, "error_code": exc.code, "channel": channel.name})
             res.failed.append(rid)
             if exc.permanent:
-                self.store.mark_number_invalid(phone, exc.code, str(exc))
+                self.store.mark_number_invalid(to, exc.code, str(exc))
                 self.metrics.add_metric("NumbersMarkedInvalid", "Count", 1)
             else:
                 res.retry = True
             return status
-        self.store.record_send(pk, rid, step, {"status": "sent", "sid": sent.sid})
-        self.metrics.add_metric("SmsSent", "Count", 1)
-        log.info("SMS sent", extra={"incident_id": incident["incident_id"], "step": step, "status": "sent",
-                                    "ranger_id": rid})
+        self.store.record_send(pk, channel.name, rid, step, {"status": "sent", "sid": sent.id})
+        self.metrics.add_metric(channel_metric(channel.name, "Sent"), "Count", 1)
+        log.info("%s sent", label, extra={"incident_id": incident["incident_id"], "step": step, "status": "sent",
+                                          "ranger_id": rid, "channel": channel.name})
         res.sent.append(rid)
         return "sent"
 
@@ -471,19 +484,19 @@ class IncidentService:
     def latest_active_incident(self, phone: str) -> dict[str, Any] | None:
         return next(self._active_incidents_texted(phone), None)
 
-    def reply(self, phone: str, body: str, now: datetime | None = None, message_sid: str | None = None) -> str:
-        """A ranger's SMS reply -> the incident's new state; returns the text to answer with.
+    def reply(self, phone: str, body: str, now: datetime | None = None, message_id: str | None = None) -> str:
+        """A ranger's reply -> the incident's new state; returns the text to answer with.
 
-        With Twilio's ``message_sid`` the reply acts at most once: a replayed or retried webhook (same
+        With the channel's ``message_id`` the reply acts at most once: a replayed or retried webhook (same
         signed POST) gets the first answer again and changes nothing."""
         at = now or utcnow()
-        if not message_sid:
+        if not message_id:
             return self._reply(phone, body, at)
         claim = {"from_masked": mask_phone(phone), "body": body.strip()[:160], "received_at": iso(at)}
-        if not self.store.claim_reply(message_sid, claim, int(at.timestamp()) + REPLY_MEMORY_S):
-            prior = self.store.get_reply(message_sid) or {}
+        if not self.store.claim_reply(message_id, claim, int(at.timestamp()) + REPLY_MEMORY_S):
+            prior = self.store.get_reply(message_id) or {}
             self.metrics.add_metric("RepliesReplayed", "Count", 1)
-            log.warning("reply %s was already received (%s): not acted on again", message_sid,
+            log.warning("reply %s was already received (%s): not acted on again", message_id,
                         prior.get("received_at"))
             rangers = self.store.rangers_by_phone(phone)
             return str(prior.get("answer") or render_note(
@@ -491,9 +504,9 @@ class IncidentService:
         try:
             answer = self._reply(phone, body, at)
         except Exception:
-            self.store.release_reply(message_sid)
+            self.store.release_reply(message_id)
             raise
-        self.store.finish_reply(message_sid, {"answer": answer, "answered_at": iso(utcnow()), "reply_status": "done"})
+        self.store.finish_reply(message_id, {"answer": answer, "answered_at": iso(utcnow()), "reply_status": "done"})
         return answer
 
     def _incident_by_ref(self, phone: str, ref: str) -> dict[str, Any] | None:
@@ -605,20 +618,23 @@ class IncidentService:
                 f"{iso(at)} told {len(res.sent)} other ranger(s) that {ranger['ranger_id']} is on the way"
                 + (f"; {len(res.failed)} note(s) failed" if res.failed else "")])
 
-    def delivery_status(self, params: Mapping[str, str]) -> bool:
-        """Twilio's status callback (our query names the SMS item) -> its delivery status."""
-        iid, step, rid = params.get("i"), params.get("s"), params.get("r")
-        status = params.get("MessageStatus") or params.get("SmsStatus")
-        if not (iid and step and rid and status):
+    def delivery_status(self, report: DeliveryReport) -> bool:
+        """A channel's delivery report (our status callback's query names the send) -> its delivery status."""
+        iid, step, rid = report.callback.get("i"), report.callback.get("s"), report.callback.get("r")
+        if not (iid and step and rid and report.status):
             return False
-        fields: dict[str, Any] = {"delivery_status": status, "delivery_sid": params.get("MessageSid")}
-        if params.get("ErrorCode"):
-            fields["delivery_error_code"] = params["ErrorCode"]
-        self.store.record_send(f"INC#{iid}", rid, step, fields)
-        if status in UNDELIVERED:
-            # Twilio accepted the text but the phone never got it: the send looked fine, so only this
-            # callback can tell ops (an alarm on SmsUndelivered).
-            self.metrics.add_metric("SmsUndelivered", "Count", 1)
-            log.warning("SMS undelivered", extra={"incident_id": iid, "step": step, "status": status,
-                                                  "ranger_id": rid, "error_code": params.get("ErrorCode")})
+        fields: dict[str, Any] = {"delivery_status": report.status, "delivery_sid": report.message_id}
+        if report.error_code:
+            fields["delivery_error_code"] = report.error_code
+        if not self.store.record_delivery(f"INC#{iid}", report.channel, rid, step, fields):
+            log.info("delivery report for an unknown send", extra={"incident_id": iid, "step": step,
+                                                                   "ranger_id": rid, "channel": report.channel})
+            return False
+        if report.undelivered:
+            # The channel accepted the text but the phone never got it: the send looked fine, so only this
+            # report can tell ops (an alarm on SmsUndelivered).
+            self.metrics.add_metric(channel_metric(report.channel, "Undelivered"), "Count", 1)
+            log.warning("%s undelivered", report.channel.upper(), extra={
+                "incident_id": iid, "step": step, "status": report.status, "ranger_id": rid,
+                "error_code": report.error_code, "channel": report.channel})
         return True

@@ -8,26 +8,27 @@ are a problem) passed without an upload. The alarm is claimed with a conditional
 episode is named by the last upload it follows), so overlapping or repeated checks text once; when
 uploads resume, the episode is closed (conditionally, once) and a recovery note goes out.
 
-Who hears it: the site lead (the ranger the site's ``lead`` names) by SMS, and the ops SNS topic
-(``OPS_TOPIC_ARN``: e-mail subscriptions, the same topic the CloudWatch alarms use).
+Who hears it: the site lead (the ranger the site's ``lead`` names) on the first channel that reaches them
+(SMS), and the ops SNS topic (``OPS_TOPIC_ARN``: e-mail subscriptions, the same topic the CloudWatch
+alarms use).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from sentinela.adapters.metrics import MetricSink, NullMetrics
+from sentinela.domain.channel import Sender
 from sentinela.domain.phone import mask_phone
 from sentinela.domain.repositories import PeopleAndDevices
 
 log = logging.getLogger(__name__)
 
-SendSms = Callable[[str, str], Any]
 Publish = Callable[[str, str], Any]
 
 
@@ -75,10 +76,13 @@ def recovery_text(lang: str, device: str, site: dict[str, Any], since: datetime,
 
 
 class SilenceService:
-    def __init__(self, store: PeopleAndDevices, send_sms: SendSms | None, publish: Publish | None, *,
+    def __init__(self, store: PeopleAndDevices, channels: Sender | Sequence[Sender] | None, publish: Publish | None, *,
                  default_cadence_s: float = 3600.0, missed_uploads: float = 2.0,
                  metrics: MetricSink | None = None) -> None:
-        self.store, self.send_sms, self.publish = store, send_sms, publish
+        self.store, self.publish = store, publish
+        # In order of preference, as for incidents: the lead hears it on the first that reaches them.
+        channels = () if channels is None else channels
+        self.channels: tuple[Sender, ...] = tuple(channels) if isinstance(channels, Sequence) else (channels,)
         self.default_cadence_s, self.missed_uploads = default_cadence_s, missed_uploads
         self.metrics: MetricSink = metrics or NullMetrics()
 
@@ -138,13 +142,15 @@ class SilenceService:
         """True when at least one channel took the message (or none is configured: nothing to retry)."""
         _, lead = self._lead(site)
         channels, delivered = 0, 0
-        if lead and self.send_sms:
+        reach = next(((c, to) for c in self.channels if (to := c.address(lead))), None) if lead else None
+        if reach:
+            channel, to = reach
             channels += 1
             try:
-                self.send_sms(lead["phone"], text)
+                channel.send(to, text)
                 delivered += 1
             except Exception as exc:  # recorded and retried next check, never a crashed sweep
-                log.warning("silence SMS to %s failed: %s", mask_phone(lead["phone"]), exc)
+                log.warning("silence %s to %s failed: %s", channel.name.upper(), mask_phone(to), exc)
         if self.publish:
             channels += 1
             try:
