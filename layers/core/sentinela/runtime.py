@@ -17,8 +17,8 @@ from sentinela.config import Settings, default_card_path
 # Each function's layers carry only what it uses (classify: numpy/onnxruntime; notify: twilio), so
 # the heavy modules are imported where they are needed, not here.
 if TYPE_CHECKING:
-    from sentinela.adapters.model import Model
     from sentinela.adapters.sms import SmsGateway
+    from sentinela.domain.scoring import ThreatModel
     from sentinela.services.incidents import IncidentService
     from sentinela.services.notify import NotifyService
     from sentinela.services.pipeline import ClassifyService
@@ -31,13 +31,13 @@ def settings() -> Settings:
 
 
 @functools.cache
-def model() -> Model:
+def model() -> ThreatModel:
     """Loaded once per container: session creation is the bulk of a cold start."""
-    from sentinela.adapters.model import Model
+    from sentinela.adapters.model import BirdNetOnnx
     from sentinela.domain.card import load_card, with_alert_override
 
     card = with_alert_override(load_card(default_card_path()), settings().alert_threshold_override)
-    return Model(card)
+    return BirdNetOnnx(card)
 
 
 @functools.cache

@@ -77,6 +77,11 @@ class ModelCard:
     def hop_samples(self) -> int:
         return round(self.hop_s * self.sample_rate)
 
+    @property
+    def threat_classes(self) -> tuple[str, ...]:
+        """The threat classes, in the card's order (the order classify decides and writes them)."""
+        return tuple(self.threats)
+
     def threat_of_label(self) -> dict[str, str]:
         return {lab: rule.name for rule in self.threats.values() for lab in rule.model_labels}
 

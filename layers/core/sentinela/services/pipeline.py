@@ -22,10 +22,10 @@ from botocore.exceptions import ClientError
 
 from sentinela.adapters.audio import AudioError
 from sentinela.adapters.metrics import MetricSink, NullMetrics, add_dimensioned_metric
-from sentinela.adapters.model import Model
 from sentinela.adapters.store import ClipRef, Store, clip_id_for, now_iso
 from sentinela.domain.keys import BadKey, decode_event_key, parse_key
 from sentinela.domain.phone import mask_numbers
+from sentinela.domain.scoring import ThreatModel
 from sentinela.services.classify import classify_source
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
@@ -51,7 +51,7 @@ TIMEOUT_MARGIN_S = 10.0
 
 
 class ClassifyService:
-    def __init__(self, store: Store, s3: Any, model: Model, *, max_bytes: int, max_seconds: float,
+    def __init__(self, store: Store, s3: Any, model: ThreatModel, *, max_bytes: int, max_seconds: float,
                  batch_size: int = 8, metrics: MetricSink | None = None, max_attempts: int = 3) -> None:
         self.store, self.s3, self.model = store, s3, model
         self.max_bytes, self.max_seconds, self.batch_size = max_bytes, max_seconds, batch_size
@@ -145,11 +145,11 @@ class ClassifyService:
                                       batch_size=self.batch_size)
             except AudioError as exc:
                 return self._reject(ref, exc.reason)
-        card = self.model.card
-        n = self.store.write_detections(clip_id, out.result.detections, card.model_id)
+        model_id = self.model.model_id
+        n = self.store.write_detections(clip_id, out.result.detections, model_id)
         alerts = []
         for decision in out.result.alerts:
-            self.store.put_alert(ref, decision, card.model_id, out.info.duration_s)
+            self.store.put_alert(ref, decision, model_id, out.info.duration_s)
             alerts.append(decision.threat)
             self.metrics.add_metric(f"Alerts_{decision.threat}", "Count", 1)
         decisions = [{"threat": d.threat, "alert": d.alert, "confidence": d.confidence,
@@ -162,7 +162,7 @@ class ClassifyService:
             self.store.mark_processed(ref, {
                 "duration_s": out.info.duration_s, "sample_rate": out.info.sample_rate,
                 "channels": out.info.channels, "format": out.info.format, "subtype": out.info.subtype,
-                "model_id": card.model_id, "windows": out.result.windows, "detections": n,
+                "model_id": model_id, "windows": out.result.windows, "detections": n,
                 "threat_detections": sum(1 for d in out.result.detections if d.threat),
                 "max_scores": out.result.max_scores, "alerts": alerts, "flags": notes,
                 "decisions": decisions,
@@ -175,7 +175,7 @@ class ClassifyService:
             self.metrics.add_metric(f"ClipQuality_{flag}", "Count", 1)
         self.metrics.add_metric("ClipsProcessed", "Count", 1)
         # Which model (base + head) is deciding now: the dashboard's "model in use" widget.
-        add_dimensioned_metric(self.metrics, "ClipsByModel", "Count", 1, {"model_id": card.model_id})
+        add_dimensioned_metric(self.metrics, "ClipsByModel", "Count", 1, {"model_id": model_id})
         self.metrics.add_metric("AudioSeconds", "Seconds", out.info.duration_s)
         self.metrics.add_metric("ProcessingLatency", "Milliseconds", (time.perf_counter() - t0) * 1000)
         for d in out.result.detections:
