@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from sentinela.domain.card import THREAT_CLASSES
+from sentinela.domain.card import BACKGROUND as BACKGROUND  # the head's no-threat column: the label folder too
+from sentinela_tools.classes import THREAT_CLASSES
 
-BACKGROUND = "background"
 LABELS: tuple[str, ...] = (*THREAT_CLASSES, BACKGROUND)
 
 

@@ -32,11 +32,16 @@ def settings() -> Settings:
 
 @functools.cache
 def model() -> ThreatModel:
-    """Loaded once per container: session creation is the bulk of a cold start."""
+    """Loaded once per container: session creation is the bulk of a cold start. The card's classes and
+    the policy file must agree (their order), or classify refuses to start with the reason."""
     from sentinela.adapters.model import BirdNetOnnx
     from sentinela.domain.card import load_card, with_alert_override
+    from sentinela.domain.policy import PolicyError, check_against_card, load_policy
 
     card = with_alert_override(load_card(default_card_path()), settings().alert_threshold_override)
+    problems = check_against_card(load_policy(), card.threat_classes)
+    if problems:
+        raise PolicyError("; ".join(problems))
     return BirdNetOnnx(card)
 
 
@@ -190,6 +195,8 @@ def silence_service(metrics: MetricSink | None = None) -> Any:
 
 
 def reset() -> None:
-    """Forget cached clients and settings (the local stack calls this when it restarts)."""
-    for f in (settings, model, store, s3, _gateway, _s3_sigv4):
+    """Forget cached clients, settings and the policy file (the local stack calls this when it restarts)."""
+    from sentinela.domain.policy import load_policy
+
+    for f in (settings, model, store, s3, _gateway, _s3_sigv4, load_policy):
         f.cache_clear()

@@ -40,7 +40,16 @@ from sentinela.domain.messages import (
     render_update,
 )
 from sentinela.domain.phone import mask_phone
-from sentinela.domain.policy import ClassPolicy, Step, class_policy, evaluate, parse_time, policy_limit, span_start
+from sentinela.domain.policy import (
+    ClassPolicy,
+    Step,
+    class_policy,
+    class_traits,
+    evaluate,
+    parse_time,
+    policy_limit,
+    span_start,
+)
 from sentinela.services.roster import is_on_call
 
 log = logging.getLogger(__name__)
@@ -50,11 +59,7 @@ CLOSED = ("resolved", "false_alarm")
 ACK_WORDS = {"1", "SI", "VOY", "YES", "Y", "OK"}
 FALSE_WORDS = {"2", "FALSA", "FALSE", "NO"}
 RESOLVE_WORDS = {"3", "FIN", "RESUELTO", "RESOLVED", "DONE"}
-NO_AUDIO_LINK = {"human_voice"}  # privacy: people's voices are never sent out as links
 UNDELIVERED = {"undelivered", "failed"}  # Twilio's final statuses for a text that never reached the phone
-# A "2" on these classes closes the incident only when the same ranger sends a second "2" within this
-# many seconds: a slip of the thumb must not silence a gunshot.
-FALSE_ALARM_CONFIRM_S = {"gunshot": 600}
 REPLY_MEMORY_S = 30 * 24 * 3600  # how long a MessageSid is remembered (Twilio retries within minutes)
 _REF = re.compile(r"^[0-9A-F]{6}$")
 
@@ -295,7 +300,8 @@ class IncidentService:
             r = queue.pop(0)
             body = render_alert(dict(alert), dict(site), r.get("lang", "es"), str(incident["ref"]), device, at)
             status = self._text(incident, r, "open", body, res)
-            if status == "sent" and self.presign and alert["threat"] not in NO_AUDIO_LINK:
+            # audio_link false (human_voice): privacy, people's voices are never sent out as links
+            if status == "sent" and self.presign and class_traits(alert["threat"], self.policy).audio_link:
                 link = self._audio_link(alert)
                 if link:
                     self._text(incident, r, "audio", render_audio_link(str(incident["ref"]), link,
@@ -509,9 +515,14 @@ class IncidentService:
         return next((inc for inc in self._active_incidents_texted(phone)
                      if inc.get("false_pending_phone") == phone and self._pending_fresh(inc, at)), None)
 
-    @staticmethod
-    def _pending_fresh(inc: Mapping[str, Any], at: datetime) -> bool:
-        window = FALSE_ALARM_CONFIRM_S.get(str(inc.get("threat")))
+    def _false_alarm_confirm_s(self, inc: Mapping[str, Any]) -> float | None:
+        """A "2" on this class closes the incident only with a second "2" from the same ranger within
+        this many seconds (the policy's false_alarm_confirm_s: a slip of the thumb must not silence a
+        gunshot); None: the first "2" closes it."""
+        return class_traits(str(inc.get("threat")), self.policy).false_alarm_confirm_s
+
+    def _pending_fresh(self, inc: Mapping[str, Any], at: datetime) -> bool:
+        window = self._false_alarm_confirm_s(inc)
         pending = inc.get("false_pending_at")
         return bool(window and pending and 0 <= (at - parse_time(str(pending))).total_seconds() <= window)
 
@@ -553,14 +564,14 @@ class IncidentService:
             self._tell_others(inc, ranger, phone, at)
             return render_reply("acknowledged", lang, ref=ref, name=str(ranger.get("name", who)))
         expect: dict[str, Any] = {"state": ACTIVE}
-        if code == "false_alarm" and str(inc["threat"]) in FALSE_ALARM_CONFIRM_S:
-            window = FALSE_ALARM_CONFIRM_S[str(inc["threat"])]
+        window = self._false_alarm_confirm_s(inc) if code == "false_alarm" else None
+        if window:
             if not (inc.get("false_pending_phone") == phone and self._pending_fresh(inc, at)):
                 # A slip of the thumb must not silence a gunshot: the first 2 only asks for a second one.
                 ok = self.store.update_incident(
                     iid, {"false_pending_phone": phone, "false_pending_by": who, "false_pending_at": iso(at)},
                     expect={"state": ACTIVE},
-                    append_trace=[note + f" -> false alarm asked: waiting for a second 2 within {window} s"])
+                    append_trace=[note + f" -> false alarm asked: waiting for a second 2 within {window:g} s"])
                 if not ok:
                     return self._answer_changed(iid, phone, body, at, lang)
                 return render_note("confirm_false", lang, ref=ref, threat=str(inc["threat"]),

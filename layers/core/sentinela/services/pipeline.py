@@ -25,6 +25,7 @@ from sentinela.adapters.metrics import MetricSink, NullMetrics, add_dimensioned_
 from sentinela.adapters.store import ClipRef, Store, clip_id_for, now_iso
 from sentinela.domain.keys import BadKey, decode_event_key, parse_key
 from sentinela.domain.phone import mask_numbers
+from sentinela.domain.policy import class_traits
 from sentinela.domain.scoring import ThreatModel
 from sentinela.services.classify import classify_source
 
@@ -170,7 +171,7 @@ class ClassifyService:
                 "attempts": attempt,
             })
             quality = [f for f in notes if f in QUALITY_FLAGS]
-            self._tag(ref, "processed", None, voice="human_voice" in alerts, quality=quality)
+            self._tag(ref, "processed", None, retention=self._retention(alerts), quality=quality)
         for flag in quality:
             self.metrics.add_metric(f"ClipQuality_{flag}", "Count", 1)
         self.metrics.add_metric("ClipsProcessed", "Count", 1)
@@ -197,14 +198,20 @@ class ClassifyService:
         except ClientError:
             self.metrics.add_metric("DeviceSeenFailed", "Count", 1)
 
-    def _tag(self, ref: ClipRef, status: str, reason: str | None, voice: bool = False,
+    @staticmethod
+    def _retention(alerts: list[str]) -> str | None:
+        """The retention tag of the first alerted class that has one (the policy's ``retention``:
+        human_voice's clips are kept for less time); the policy knows one tag, so they never differ."""
+        return next((r for r in (class_traits(t).retention for t in alerts) if r), None)
+
+    def _tag(self, ref: ClipRef, status: str, reason: str | None, retention: str | None = None,
              quality: list[str] | None = None) -> None:
         """Tags let ops find a clip's fate from the bucket itself; a failed tag never fails the clip."""
         tags = [{"Key": "sentinela-status", "Value": status}]
         if reason:
             tags.append({"Key": "sentinela-reason", "Value": _TAG_SAFE.sub("_", reason)[:256]})
-        if voice:
-            tags.append({"Key": "sentinela-retention", "Value": "voice"})
+        if retention:
+            tags.append({"Key": "sentinela-retention", "Value": retention})
         if quality:
             tags.append({"Key": "sentinela-quality", "Value": " ".join(quality)})
         kw: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key, "Tagging": {"TagSet": tags}}
