@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sentinela.adapters.model import Model
+from sentinela.adapters.model import BirdNetOnnx
 from sentinela.domain.card import ModelCard, load_card
 from sentinela_tools.devtools import tiny_model
 
@@ -27,8 +27,8 @@ def tiny_card(tiny_card_path: Path) -> ModelCard:
 
 
 @pytest.fixture(scope="session")
-def tiny(tiny_card: ModelCard) -> Model:
-    return Model(tiny_card, threads=1)
+def tiny(tiny_card: ModelCard) -> BirdNetOnnx:
+    return BirdNetOnnx(tiny_card, threads=1)
 
 
 def impulse(seconds: float = 10.0, at: float = 4.0, sr: int = SR, amp: float = 0.9, floor: float = 3e-4) -> np.ndarray:

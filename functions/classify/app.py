@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -24,6 +23,8 @@ logger = Logger()
 # the same correlation keys (clip key, incident id) as the handler's own lines.
 logging.getLogger("sentinela")
 copy_config_to_registered_loggers(source_logger=logger, include={"sentinela"})
+# Every environment setting, read and checked at cold start: a bad value stops the function here, named.
+settings = runtime.settings()
 metrics = Metrics()
 tracer = Tracer()
 # The same object version delivered twice (S3 is at-least-once) is processed once.
@@ -33,7 +34,7 @@ idempotency = IdempotencyConfig(
 )
 # The running invocation's context: the last attempt records the clip failed before its time limit.
 _invocation: dict[str, LambdaContext] = {}
-persistence = DynamoDBPersistenceLayer(table_name=os.environ.get("IDEMPOTENCY_TABLE", "idempotency"))
+persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
 
 
 @idempotent_function(data_keyword_argument="record", persistence_store=persistence, config=idempotency)
@@ -60,7 +61,7 @@ def handler(event: Any, context: LambdaContext) -> dict[str, Any]:
     idempotency.register_lambda_context(context)
     _invocation["context"] = context
     # Only ObjectCreated records of the clips bucket are clips; anything else is ignored before a write.
-    records, ignored = events.s3_created_records(event, os.environ.get("CLIPS_BUCKET"))
+    records, ignored = events.s3_created_records(event, settings.bucket)
     for why in ignored:
         logger.warning("event ignored", extra={"reason": why})
         metrics.add_metric(name="EventsIgnored", unit="Count", value=1)

@@ -18,6 +18,8 @@ logger = Logger()
 # the same correlation keys (clip key, incident id) as the handler's own lines.
 logging.getLogger("sentinela")
 copy_config_to_registered_loggers(source_logger=logger, include={"sentinela"})
+# Every environment setting, read and checked at cold start: a bad value stops the function here, named.
+settings = runtime.settings()
 metrics = Metrics()
 tracer = Tracer()
 

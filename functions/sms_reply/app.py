@@ -9,7 +9,6 @@ Both must carry the channel's valid signature for the URL it called; anything el
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -26,6 +25,8 @@ logger = Logger()
 # the same correlation keys (clip key, incident id) as the handler's own lines.
 logging.getLogger("sentinela")
 copy_config_to_registered_loggers(source_logger=logger, include={"sentinela"})
+# Every environment setting, read and checked at cold start: a bad value stops the function here, named.
+settings = runtime.settings()
 metrics = Metrics()
 tracer = Tracer()
 
@@ -33,7 +34,7 @@ tracer = Tracer()
 def _public_url(req: events.HttpRequest) -> str:
     """The URL the channel was configured with: API Gateway's domain (or PUBLIC_API_URL, for a custom domain)
     plus the path and query it called."""
-    base = os.environ.get("PUBLIC_API_URL") or f"https://{req.domain}"
+    base = settings.public_api_url or f"https://{req.domain}"
     return base.rstrip("/") + req.path + (f"?{req.query}" if req.query else "")
 
 

@@ -32,14 +32,24 @@ def seed(store: Store, site: str, rangers: list[tuple[str, str, str]]) -> None:
         store.put_ranger(site, {"ranger_id": rid, "name": rid, "phone": phone, "lang": lang, "order": i})
 
 
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    """Settings are read once per container (sentinela.runtime): a test that changed one leaves none
+    behind (this runs after monkeypatch has put the environment back)."""
+    yield
+    from sentinela import runtime
+
+    runtime.reset()
+
+
 CLOCK_T0 = dt.datetime(2026, 11, 28, 14, 0, tzinfo=dt.UTC)  # 11:00 in Santiago (UTC-3 in November)
 
 
 @pytest.fixture()
-def clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[dt.datetime], None]:
-    """Pins the clock the core reads (SENTINELA_NOW) at CLOCK_T0; call it to move the clock."""
-    def set_to(t: dt.datetime) -> None:
-        monkeypatch.setenv("SENTINELA_NOW", t.strftime("%Y-%m-%dT%H:%M:%SZ"))
+def clock() -> Iterator[Callable[[dt.datetime], None]]:
+    """Pins the core's clock (sentinela.domain.clock) at CLOCK_T0; call it to move the clock."""
+    from sentinela.domain import clock as core_clock
 
-    set_to(CLOCK_T0)
-    return set_to
+    core_clock.pin(CLOCK_T0)
+    yield core_clock.pin
+    core_clock.pin(None)

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from sentinela import runtime
 from sentinela.adapters.store import Store
 from sentinela.services import devices
 from sentinela_tools.local.stack import LocalStack
@@ -157,6 +158,7 @@ def test_unknown_device_and_wrong_secret_cost_the_same(stack: LocalStack, store:
 def test_failed_attempts_are_limited_per_device_and_per_address(stack: LocalStack, store: Store,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UPLOAD_FAILED_ATTEMPTS_WINDOW_S", str(10**9))  # one window for the whole test
+    runtime.reset()  # settings are read once per container: this is a new one
     secret = devices.add_device(store, SITE, "rec-3")
     for _ in range(10):
         status, _, _ = _post(stack, "/uploads", _upload("wrong", device="rec-3"), "application/json")
@@ -170,6 +172,7 @@ def test_failed_attempts_are_limited_per_device_and_per_address(stack: LocalStac
     assert _post(stack, "/uploads", _upload(other, device="rec-4"), "application/json")[0] == 200
     # per address: failures for any ids, known or not, count together
     monkeypatch.setenv("UPLOAD_FAILED_ATTEMPTS_PER_IP", "15")
+    runtime.reset()  # settings are read once per container: this is a new one
     for i in range(5):
         assert _post(stack, "/uploads", _upload("wrong", device=f"ghost-{i}"), "application/json")[0] == 401
     status, headers, text = _post(stack, "/uploads", _upload(other, device="rec-4"), "application/json")

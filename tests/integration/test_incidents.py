@@ -1,6 +1,6 @@
 """Incidents on the local stack: the real classify, notify, escalate and sms_reply handlers, the Twilio stub.
 
-The clock the core reads is pinned with SENTINELA_NOW (monkeypatched per test); clip times are the
+The clock the core reads is pinned (sentinela.domain.clock, the `clock` fixture); clip times are the
 recorded times in their keys. Each test has its own site and phone numbers.
 """
 
@@ -307,6 +307,7 @@ def test_audio_link_is_a_second_message_when_switched_on(stack: LocalStack, stor
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SMS_AUDIO_LINKS", "1")
     monkeypatch.setenv("AUDIO_LINK_MINUTES", "30")
+    runtime.reset()  # settings are read once per container: this is a new one
     site(store, "inc-l", [{"ranger_id": "ana", "phone": "+56900000230"}])
     key, _ = stack.upload(GUNSHOT, "inc-l", "rec-1", T0)
     stack.run_until_idle()

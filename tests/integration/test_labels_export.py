@@ -23,7 +23,9 @@ T0 = dt.datetime(2026, 11, 29, 14, 0, tzinfo=dt.UTC)
 
 
 def _at(monkeypatch: pytest.MonkeyPatch, t: dt.datetime) -> None:
-    monkeypatch.setenv("SENTINELA_NOW", t.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    from sentinela.domain import clock
+
+    monkeypatch.setattr(clock, "_pinned", t)  # pinned for this test only: monkeypatch lets it run again
 
 
 def _incidents(store: Store, sid: str) -> list[dict[str, Any]]:

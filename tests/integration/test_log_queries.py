@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from sentinela.adapters.store import Store
+from sentinela.domain import clock
 from sentinela_tools.devtools.template_reader import load_template
 from sentinela_tools.local.stack import LocalStack
 from tests.conftest import encode, impulse
@@ -91,7 +92,7 @@ def test_saved_queries_read_fields_the_handlers_write(logged: tuple[LocalStack, 
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     stack, cap = logged
     store = Store(stack.names["DataTable"])
-    monkeypatch.setenv("SENTINELA_NOW", T0.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    monkeypatch.setattr(clock, "_pinned", T0)  # the core's clock, pinned for this test only
     store.put_site({"site_id": "logq", "name": "Sitio logq", "lat": -37.8, "lon": -73.0, "tz": "America/Santiago",
                     "lead": "lia", "policy": {"classes": {"gunshot": {"escalation_delay_s": 300}}}})
     store.put_ranger("logq", {"ranger_id": "ana", "name": "Ana", "phone": "+56900000901", "lang": "es", "order": 0})
@@ -102,7 +103,7 @@ def test_saved_queries_read_fields_the_handlers_write(logged: tuple[LocalStack, 
     stack.run_until_idle()
     clip_phase = cap.records()  # classify and notify
     for minutes in (6, 12, 20):  # lia (next on call), then nobody left: exhausted
-        monkeypatch.setenv("SENTINELA_NOW", (T0 + dt.timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        clock.pin(T0 + dt.timedelta(minutes=minutes))
         stack.invoke_escalate()
     escalate_phase = cap.records()
     (first,) = [m for m in stack.twilio.outbox if m.to == "+56900000901"]

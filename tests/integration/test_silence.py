@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from sentinela import runtime
 from sentinela.adapters.store import Store
 from sentinela_tools.local.stack import LocalStack
 from sentinela_tools.ops_cli import local_status
@@ -104,6 +105,7 @@ def test_a_failed_notice_is_retried_by_the_next_check(stack: LocalStack, store: 
     stack.run_until_idle()
     t0 = dt.datetime.now(dt.UTC)
     monkeypatch.setenv("OPS_TOPIC_ARN", "")  # no e-mail channel: the SMS is the only way to tell anyone
+    runtime.reset()  # settings are read once per container: this is a new one
     stack.twilio.fail(500, 20500, "Internal error", times=-1, to="+56900000803")
     out = stack.invoke_silence(t0 + dt.timedelta(hours=1))
     assert "sil-b/rec-9" in out["failed"] and "sil-b/rec-9" not in out["alerted"]

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from sentinela import runtime
 from sentinela.adapters.audio import SignalStats
-from sentinela.adapters.model import Model
+from sentinela.adapters.model import BirdNetOnnx
 from sentinela.adapters.store import Store
 from sentinela.services.pipeline import TIMEOUT_MARGIN_S
 from sentinela_tools.local.stack import LocalStack
@@ -65,7 +65,7 @@ STAGES: list[tuple[str, str, Callable[[pytest.MonkeyPatch], None], str]] = [
      lambda m: m.setattr("sentinela.services.pipeline.classify_source",
                          _raiser(RuntimeError("decoder crashed"))), "failed"),
     ("model", "onnxruntime error",
-     lambda m: m.setattr(Model, "run", _raiser(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION"))),
+     lambda m: m.setattr(BirdNetOnnx, "run", _raiser(RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION"))),
      "failed"),
     ("detections", "DynamoDB ProvisionedThroughputExceededException",
      lambda m: m.setattr(Store, "write_detections",
@@ -138,10 +138,10 @@ def test_the_last_attempt_records_failed_before_its_time_limit(stack: LocalStack
     clip failed shortly before the limit. Here the limit is already that close: the model sees the record
     turn ``failed`` while it runs; the clip, finishing after all, ends ``processed``."""
     key, version = stack.upload(encode(impulse()), SITE, "st-timeout", T0 + dt.timedelta(hours=1))
-    real_run = Model.run
+    real_run = BirdNetOnnx.run
     seen: dict[str, Any] = {}
 
-    def slow_run(self: Model, *a: Any, **kw: Any) -> Any:
+    def slow_run(self: BirdNetOnnx, *a: Any, **kw: Any) -> Any:
         for _ in range(200):  # wait (bounded) for the watchdog, as a model still running would be overtaken
             (clip,) = [c for c in store.scan_all() if c.get("type") == "clip" and c["key"] == key]
             if clip["status"] != "processing":
@@ -150,7 +150,7 @@ def test_the_last_attempt_records_failed_before_its_time_limit(stack: LocalStack
             threading.Event().wait(0.05)
         return real_run(self, *a, **kw)
 
-    monkeypatch.setattr(Model, "run", slow_run)
+    monkeypatch.setattr(BirdNetOnnx, "run", slow_run)
     service = runtime.classify_service()
     service.max_attempts = 1  # this is the last attempt
     out = service.handle(stack.names["ClipsBucket"], key, version, None, remaining_s=lambda: TIMEOUT_MARGIN_S)

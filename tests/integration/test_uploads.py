@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from sentinela import runtime
 from sentinela.adapters.store import Store
 from sentinela.services.devices import add_device, revoke_device
 from sentinela_tools.local.stack import LocalStack
@@ -230,6 +231,7 @@ def test_no_overwrite_and_duplicates_are_not_sent_again(stack: LocalStack, store
 
 def test_rate_limited_per_device(stack: LocalStack, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UPLOAD_RATE_PER_MINUTE", "2")
+    runtime.reset()  # settings are read once per container: this is a new one
     secret = add_device(store, "up-g", "rec-1")
     other = add_device(store, "up-g", "rec-2")
     data = b"fLaC" + os.urandom(30)

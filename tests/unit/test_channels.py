@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from sentinela.domain import clock
 from sentinela.domain.alert import Alert
 from sentinela.domain.channel import ChannelError, DeliveryReport, Receipt, Sender, channel_metric
 from sentinela.services.channels import Retrying
@@ -100,7 +101,7 @@ def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         monkeypatch.setenv(var, value)
-    monkeypatch.setenv("SENTINELA_NOW", "2026-11-28T14:00:30Z")
+    monkeypatch.setattr(clock, "_pinned", dt.datetime(2026, 11, 28, 14, 0, 30, tzinfo=dt.UTC))
     with moto.mock_aws():
         spec = table_specs(load_template(REPO / "template.yaml"))["DataTable"]
         boto3.client("dynamodb").create_table(TableName="data", **spec["create_table"])

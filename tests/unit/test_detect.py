@@ -1,6 +1,6 @@
 import numpy as np
 
-from sentinela.adapters.model import Model
+from sentinela.adapters.model import BirdNetOnnx
 from sentinela.domain.card import ModelCard
 from sentinela.domain.detect import Detector
 from sentinela.domain.scoring import WindowBatch
@@ -69,7 +69,7 @@ def test_decisions_carry_the_quiet_operating_point_and_eval_can_apply_it(tiny_ca
     assert not next(d for d in det.finish().decisions if d.threat == "gunshot").alert
 
 
-def test_tiny_model_hears_what_the_tests_generate(tiny: Model) -> None:
+def test_tiny_model_hears_what_the_tests_generate(tiny: BirdNetOnnx) -> None:
     out = classify_source(encode(impulse()), tiny)
     assert [a.threat for a in out.result.alerts] == ["gunshot"]
     out = classify_source(encode(tone()), tiny)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sentinela.adapters.frontend import Frontend, Spectrogram
-from sentinela.adapters.model import Model
+from sentinela.adapters.model import BirdNetOnnx
 from sentinela.domain.card import CardError, load_card, variants, with_variant
 
 BANDS, FRAMES = 8, 100
@@ -130,7 +130,7 @@ def test_card_selects_the_variant_and_the_model_runs_the_front_end(fft_card: Pat
     assert with_variant(graph, "fft") == card
     x = _windows()
     for threads in (1, 2):
-        scores, emb = Model(card, threads=threads, embeddings=True).infer(x)
+        scores, emb = BirdNetOnnx(card, threads=threads, embeddings=True).infer(x)
         want = ort.InferenceSession(str(card.path)).run(None, {"spectrogram": _frontend()(x)})
         assert emb is not None
         np.testing.assert_allclose(emb, want[1], rtol=1e-6)
@@ -138,7 +138,7 @@ def test_card_selects_the_variant_and_the_model_runs_the_front_end(fft_card: Pat
 
 
 def test_activity_gate_holds_with_the_front_end(fft_card: Path) -> None:
-    model = Model(load_card(fft_card), threads=1)
+    model = BirdNetOnnx(load_card(fft_card), threads=1)
     silent = np.zeros(144000, np.float32)
     batch = next(model.run([(0.0, silent), (1.5, _windows(1)[0])], batch_size=2))
     assert batch.signal is not None and list(batch.signal) == [False, True]

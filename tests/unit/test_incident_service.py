@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from sentinela.adapters.twilio_sms import PERMANENT_CODES
+from sentinela.domain import clock as core_clock
 from sentinela.domain.channel import ChannelError, DeliveryReport, Receipt
 from sentinela.domain.detect import AlertDecision
 from sentinela.domain.keys import ClipRef
@@ -96,9 +97,10 @@ def service(store: MemoryStore, sms: FakeSms, metrics: Metrics) -> IncidentServi
 
 @pytest.fixture()
 def clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[dt.datetime], dt.datetime]:
-    """The clock the service reads where it takes no ``now`` (SENTINELA_NOW): set it, get the time back."""
+    """The clock the service reads where it takes no ``now`` (sentinela.domain.clock): set it, get the time
+    back. Pinned for this test only (monkeypatch lets it run again)."""
     def set_to(t: dt.datetime) -> dt.datetime:
-        monkeypatch.setenv("SENTINELA_NOW", iso(t))
+        monkeypatch.setattr(core_clock, "_pinned", t)
         return t
 
     set_to(T0)

@@ -103,3 +103,17 @@ def test_the_cycle_check_can_fail() -> None:
     with pytest.raises(graphlib.CycleError):
         back = {"sentinela.domain.repositories": {"sentinela.services.incidents"}}
         graphlib.TopologicalSorter({**GRAPH, **back}).prepare()
+
+
+def _env_reads(path: Path) -> list[int]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr in ("environ", "getenv")
+            and isinstance(n.value, ast.Name) and n.value.id == "os"]
+
+
+def test_only_the_settings_read_the_environment() -> None:
+    """One Settings (sentinela.config) for every environment read of the runtime and the handlers."""
+    files = [p for name, p in MODULES.items() if name.split(".")[0] == "sentinela" and name != "sentinela.config"]
+    files += sorted((REPO / "functions").glob("*/app.py"))
+    assert not {str(p.relative_to(REPO)): lines for p in files if (lines := _env_reads(p))}
+    assert _env_reads(MODULES["sentinela.config"])  # the check sees an os.environ read where there is one

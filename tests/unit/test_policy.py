@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sentinela.domain.alert import Alert
-from sentinela.domain.messages import THREAT_WORDS, render_alert, render_escalation, render_reply, render_update
+from sentinela.domain.messages import render_alert, render_escalation, render_reply, render_update
 from sentinela.domain.phone import segments
 from sentinela.domain.policy import class_policy, evaluate, load_policy, validate_override, windows_within
 from sentinela.services.incidents import reply_code
@@ -24,7 +24,7 @@ SITE = {"site_id": "s", "name": "Nahuelbuta Norte, sector Pehuén", "lat": -37.7
 
 def test_shipped_policy_is_valid_and_site_overrides_win() -> None:
     pol = load_policy()
-    assert validate_override(pol) == []
+    assert validate_override(pol, file=True) == []
     base = class_policy("engine", None, pol)
     assert base.group == "vehicle" and base.confirm.windows == 2
     site = {"policy": {"defaults": {"escalation_delay_s": 60},
@@ -132,7 +132,7 @@ LONG_SITE = dict(SITE, name="Reserva Nacional Nahuelbuta, sector Pehuén, camino
 
 
 @pytest.mark.parametrize("lang", ["es", "en"])
-@pytest.mark.parametrize("threat", sorted(THREAT_WORDS["es"]))
+@pytest.mark.parametrize("threat", sorted(load_policy()["classes"]))
 @pytest.mark.parametrize("site", [SITE, LONG_SITE], ids=["site", "long-site"])
 def test_every_incident_text_is_gsm7_within_two_segments(lang: str, threat: str, site: dict[str, Any]) -> None:
     inc = _incident(threat)
@@ -151,7 +151,7 @@ DEVICE = {"site_id": "s", "device_id": "rec-07", "lat": -37.801234, "lon": -72.9
 
 
 @pytest.mark.parametrize("lang", ["es", "en"])
-@pytest.mark.parametrize("threat", sorted(THREAT_WORDS["es"]))
+@pytest.mark.parametrize("threat", sorted(load_policy()["classes"]))
 @pytest.mark.parametrize("site", [SITE, LONG_SITE], ids=["site", "long-site"])
 def test_texts_name_the_recorder_its_place_and_a_late_sounds_age(lang: str, threat: str,
                                                                  site: dict[str, Any]) -> None:

@@ -124,12 +124,12 @@ def test_train_is_reproducible_given_the_embeddings(trained: dict[str, Path], tm
 def test_signal_free_windows_score_nothing(trained: dict[str, Path], tmp_path: Path) -> None:
     """Digital silence, a one-sample file and a 1 Hz file: no detection, no alert, with a
     head whose every column would otherwise answer (the tiny model has the real model's output shapes)."""
-    from sentinela.adapters.model import Model
+    from sentinela.adapters.model import BirdNetOnnx
     from sentinela.domain.card import load_card, with_alert_override
     from sentinela.services.classify import classify_source
 
     card = with_alert_override(load_card(trained["card"]), 0.0001)  # any score at all would alert
-    model = Model(card, threads=1)
+    model = BirdNetOnnx(card, threads=1)
     files = {"silence.wav": (np.zeros(SR * 5, np.float32), SR), "one_sample.wav": (np.array([0.5], np.float32), SR),
              "one_hz.wav": (np.array([0.9, -0.9, 0.5, -0.2, 0.8], np.float32), 1)}
     for name, (x, rate) in files.items():

@@ -187,7 +187,7 @@ def bench_classify(card_path: Path, clips: list[Clip], threads: tuple[int, ...],
                    variant_names: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     """One row per (threads, batch, model variant). The variants of one config are timed in turn,
     repeat by repeat, so a change of load hits them alike and their ratio holds."""
-    from sentinela.adapters.model import Model
+    from sentinela.adapters.model import BirdNetOnnx
     from sentinela.domain.card import load_card, with_variant
     from sentinela.services.classify import classify_source
 
@@ -196,7 +196,7 @@ def bench_classify(card_path: Path, clips: list[Clip], threads: tuple[int, ...],
     audio_s = sum(c.seconds for c in clips)
     rows: list[dict[str, Any]] = []
     for th in threads:
-        models = {v: Model(with_variant(card, v), threads=th) for v in names}
+        models = {v: BirdNetOnnx(with_variant(card, v), threads=th) for v in names}
         for b in batches:
             walls: dict[str, list[float]] = {v: [] for v in names}
             cpus: dict[str, list[float]] = {v: [] for v in names}
@@ -254,11 +254,11 @@ def bench_stages(card_path: Path, clips: list[Clip], threads: int, batch: int, r
                  windows_npy: Path | None) -> dict[str, Any]:
     """Where the time of the classify path goes: decode+resample+windowing vs the model itself."""
     from sentinela.adapters.audio import windows
-    from sentinela.adapters.model import Model
+    from sentinela.adapters.model import BirdNetOnnx
     from sentinela.domain.card import load_card
 
     card = load_card(card_path)
-    model = Model(card, threads=threads)
+    model = BirdNetOnnx(card, threads=threads)
     decode: dict[str, float] = {}
     arrays = []
     for c in clips:
@@ -336,12 +336,12 @@ t0 = time.perf_counter()
 import onnxruntime, numpy, soundfile
 t1 = time.perf_counter()
 from sentinela.domain.card import load_card
-from sentinela.adapters.model import Model
+from sentinela.adapters.model import BirdNetOnnx
 import sentinela.services.classify
 t2 = time.perf_counter()
 from sentinela.domain.card import with_variant
 card = load_card(sys.argv[1])
-Model(with_variant(card, sys.argv[2]) if len(sys.argv) > 2 else card, threads=2)
+BirdNetOnnx(with_variant(card, sys.argv[2]) if len(sys.argv) > 2 else card, threads=2)
 t3 = time.perf_counter()
 print(json.dumps({"import_libs_s": t1 - t0, "import_sentinela_s": t2 - t1, "session_s": t3 - t2,
                   "total_s": t3 - t0}))
@@ -366,10 +366,10 @@ def sample():
         samples.append((time.perf_counter() - t0, rss_mb()))
 from sentinela.domain.card import load_card
 from sentinela.services.classify import classify_source
-from sentinela.adapters.model import Model
+from sentinela.adapters.model import BirdNetOnnx
 from sentinela.domain.card import with_variant
 card = load_card(sys.argv[1])
-model = Model(with_variant(card, sys.argv[5]) if len(sys.argv) > 5 else card, threads=int(sys.argv[4]))
+model = BirdNetOnnx(with_variant(card, sys.argv[5]) if len(sys.argv) > 5 else card, threads=int(sys.argv[4]))
 after_load = status_mb("VmHWM:")
 th = threading.Thread(target=sample, daemon=True)
 th.start()

@@ -29,13 +29,13 @@ def _err(msg: str) -> None:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from sentinela.adapters.audio import AudioError
-    from sentinela.adapters.model import Model, ModelError
+    from sentinela.adapters.model import BirdNetOnnx, ModelError
     from sentinela.config import Settings, default_card_path
     from sentinela.domain.card import CardError, load_card
     from sentinela.services.classify import classify_source
 
     try:
-        model = Model(load_card(args.card or default_card_path()), threads=args.threads)
+        model = BirdNetOnnx(load_card(args.card or default_card_path()), threads=args.threads)
     except (CardError, ModelError) as exc:
         _err(str(exc))
         return 2

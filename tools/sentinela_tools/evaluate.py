@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from sentinela.domain.card import THREAT_CLASSES
+from sentinela.domain.card import BACKGROUND as BACKGROUND  # the head's no-threat column: the label folder too
+from sentinela_tools.classes import THREAT_CLASSES
 
-BACKGROUND = "background"
 LABELS: tuple[str, ...] = (*THREAT_CLASSES, BACKGROUND)
 
 
@@ -375,14 +375,14 @@ def _trained_on(head_path: Path) -> str | None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sentinela.adapters.model import Model, ModelError
+    from sentinela.adapters.model import BirdNetOnnx, ModelError
     from sentinela.config import default_card_path
     from sentinela.domain.card import CardError, at_operating_point, load_card
 
     try:
         clips = scan_dataset(args.dir)
         card = at_operating_point(load_card(args.card or default_card_path()), args.operating_point)
-        model = Model(card, threads=args.threads)
+        model = BirdNetOnnx(card, threads=args.threads)
     except (DatasetError, CardError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

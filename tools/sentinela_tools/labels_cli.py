@@ -13,7 +13,7 @@ import csv
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sentinela.domain.card import THREAT_CLASSES
+from sentinela_tools.classes import THREAT_CLASSES
 from sentinela_tools.evaluate import BACKGROUND
 
 if TYPE_CHECKING:  # boto3 stays out of the CLI's import (a recorder-only install has none)

@@ -57,7 +57,7 @@ def _run(model: Any, cards: dict[str, Any], wins: list[tuple[float, np.ndarray]]
          batch: int) -> tuple[dict[str, dict[str, bool]], dict[str, float], np.ndarray, np.ndarray, np.ndarray, float]:
     from sentinela.domain.detect import Detector
 
-    dets = {point: Detector(c, model.threat_names) for point, c in cards.items()}
+    dets = {point: Detector.for_model(model, c) for point, c in cards.items()}
     emb, top, signal = [], [], []
     t0 = time.perf_counter()
     for b in model.run(iter(wins), batch_size=batch):
@@ -76,15 +76,15 @@ def _run(model: Any, cards: dict[str, Any], wins: list[tuple[float, np.ndarray]]
 def gate(dirs: list[str], card_path: str, candidates: list[str] | None, threads: int | None, batch: int,
          say: Any = print) -> dict[str, Any]:
     from sentinela.adapters.audio import AudioError
-    from sentinela.adapters.model import Model
+    from sentinela.adapters.model import BirdNetOnnx
     from sentinela.domain.card import at_operating_point, load_card, variants, with_variant
     from sentinela_tools.evaluate import ClipScore, clip_metrics, scan_dataset
 
     base = load_card(card_path)
     names = candidates or [v for v in variants(base) if v != "graph"]
-    models = {"graph": Model(with_variant(base, "graph"), threads=threads, embeddings=True)}
+    models = {"graph": BirdNetOnnx(with_variant(base, "graph"), threads=threads, embeddings=True)}
     for name in names:
-        models[name] = Model(with_variant(base, name), threads=threads, embeddings=True)
+        models[name] = BirdNetOnnx(with_variant(base, name), threads=threads, embeddings=True)
     thresholds = {t: r.alert for t, r in base.threats.items()}
     classes = tuple(base.threats)
     report: dict[str, Any] = {"card": card_path, "head": None if base.head is None else base.head.path.name,

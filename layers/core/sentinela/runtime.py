@@ -12,14 +12,14 @@ import boto3
 
 from sentinela.adapters.metrics import MetricSink
 from sentinela.adapters.store import Store
-from sentinela.config import Settings, default_card_path
+from sentinela.config import Settings
 from sentinela.domain.alert import Alert
 
 # Each function's layers carry only what it uses (classify: numpy/onnxruntime; notify: twilio), so
 # the heavy modules are imported where they are needed, not here.
 if TYPE_CHECKING:
-    from sentinela.adapters.model import Model
     from sentinela.domain.channel import Channel, Sender
+    from sentinela.domain.scoring import ThreatModel
     from sentinela.services.incidents import IncidentService
     from sentinela.services.notify import NotifyService
     from sentinela.services.pipeline import ClassifyService
@@ -28,17 +28,29 @@ if TYPE_CHECKING:
 
 @functools.cache
 def settings() -> Settings:
-    return Settings.from_env()
+    """Every environment setting, read and checked once per container (handlers call this at cold start:
+    a bad value stops the function there, naming it). The policy file it names is the one the domain reads."""
+    from sentinela.domain.policy import use_policy_file
+
+    s = Settings.from_env()
+    use_policy_file(s.policy_file)
+    return s
 
 
 @functools.cache
-def model() -> Model:
-    """Loaded once per container: session creation is the bulk of a cold start."""
-    from sentinela.adapters.model import Model
+def model() -> ThreatModel:
+    """Loaded once per container: session creation is the bulk of a cold start. The card's classes and
+    the policy file must agree (their order), or classify refuses to start with the reason."""
+    from sentinela.adapters.model import BirdNetOnnx
     from sentinela.domain.card import load_card, with_alert_override
+    from sentinela.domain.policy import PolicyError, check_against_card, load_policy
 
-    card = with_alert_override(load_card(default_card_path()), settings().alert_threshold_override)
-    return Model(card)
+    s = settings()
+    card = with_alert_override(load_card(s.model_card), s.alert_threshold_override)
+    problems = check_against_card(load_policy(), card.threat_classes)
+    if problems:
+        raise PolicyError("; ".join(problems))
+    return BirdNetOnnx(card, threads=s.threads)
 
 
 @functools.cache
@@ -55,12 +67,9 @@ def classify_service(metrics: MetricSink | None = None) -> ClassifyService:
     from sentinela.services.pipeline import ClassifyService
 
     s = settings()
-    import os
-
     # 1 + EventInvokeConfig.MaximumRetryAttempts in template.yaml: the last attempt records a terminal status.
     return ClassifyService(store(), s3(), model(), max_bytes=s.max_clip_bytes, max_seconds=s.max_clip_seconds,
-                           batch_size=s.batch_size, metrics=metrics,
-                           max_attempts=int(os.environ.get("CLASSIFY_MAX_ATTEMPTS", "3")))
+                           batch_size=s.batch_size, metrics=metrics, max_attempts=s.classify_max_attempts)
 
 
 # --- channels (sentinela.domain.channel): how rangers are texted and answer -------------------------
@@ -97,20 +106,18 @@ def notify_service(metrics: MetricSink | None = None) -> NotifyService:
 
 # --- incidents, escalation and SMS replies (sentinela.services.incidents) ------------------------------------
 def _incident_options() -> dict[str, Any]:
-    """STATUS_CALLBACK_URL (Twilio delivery reports; unset: none), SMS_AUDIO_LINKS=1 (a presigned clip link
-    in an SMS of its own; default off), AUDIO_LINK_MINUTES (default 60), POLICY_FILE (sentinela.domain.policy)."""
-    import os
-
-    env = os.environ
-    minutes = int(env.get("AUDIO_LINK_MINUTES", "60"))
+    """STATUS_CALLBACK_URL (delivery reports; unset: none), SMS_AUDIO_LINKS=1 (a presigned clip link in an
+    SMS of its own; default off), AUDIO_LINK_MINUTES (default 60); POLICY_FILE: sentinela.domain.policy."""
+    s = settings()
+    minutes = s.audio_link_minutes
     presign = None
-    if env.get("SMS_AUDIO_LINKS", "0").lower() in ("1", "true", "yes"):
+    if s.audio_links:
         def presign(alert: Alert) -> str:
             params = {"Bucket": alert.bucket, "Key": alert.key}
             if alert.version_id:
                 params["VersionId"] = alert.version_id
             return str(_s3_sigv4().generate_presigned_url("get_object", Params=params, ExpiresIn=minutes * 60))
-    return {"status_callback": env.get("STATUS_CALLBACK_URL") or None, "presign": presign, "link_minutes": minutes}
+    return {"status_callback": s.status_callback_url, "presign": presign, "link_minutes": minutes}
 
 
 @functools.cache
@@ -146,45 +153,38 @@ def _twilio_secret() -> Any:
 def presign_service(metrics: MetricSink | None = None) -> PresignService:
     """UPLOAD_URL_TTL_S (default 600), UPLOAD_CLOCK_SKEW_S (300), UPLOAD_RATE_PER_MINUTE (30); failed
     attempts: UPLOAD_FAILED_ATTEMPTS_PER_DEVICE (10) and _PER_IP (20) per UPLOAD_FAILED_ATTEMPTS_WINDOW_S (600)."""
-    import os
-
     from sentinela.services.presign import PresignService
 
     s = settings()
     if not s.bucket:
         raise RuntimeError("CLIPS_BUCKET is not set")
-    env = os.environ
-    return PresignService(store(), s3(), s.bucket, max_bytes=s.max_clip_bytes,
-                          ttl_s=int(env.get("UPLOAD_URL_TTL_S", "600")),
-                          skew_s=int(env.get("UPLOAD_CLOCK_SKEW_S", "300")),
-                          per_minute=int(env.get("UPLOAD_RATE_PER_MINUTE", "30")), metrics=metrics,
-                          failures_per_device=int(env.get("UPLOAD_FAILED_ATTEMPTS_PER_DEVICE", "10")),
-                          failures_per_ip=int(env.get("UPLOAD_FAILED_ATTEMPTS_PER_IP", "20")),
-                          failure_window_s=int(env.get("UPLOAD_FAILED_ATTEMPTS_WINDOW_S", "600")))
+    return PresignService(store(), s3(), s.bucket, max_bytes=s.max_clip_bytes, ttl_s=s.upload_url_ttl_s,
+                          skew_s=s.upload_clock_skew_s, per_minute=s.upload_rate_per_minute, metrics=metrics,
+                          failures_per_device=s.upload_failures_per_device,
+                          failures_per_ip=s.upload_failures_per_ip, failure_window_s=s.upload_failure_window_s)
 
 
 # --- silence alarm (sentinela.services.silence) -------------------------------------------------------------
 def silence_service(metrics: MetricSink | None = None) -> Any:
     """SILENCE_DEFAULT_CADENCE_S (3600), SILENCE_MISSED_UPLOADS (2), OPS_TOPIC_ARN (unset: no e-mail).
     A channel's secret is read only when a message is actually sent."""
-    import os
-
-    import boto3
-
     from sentinela.services.silence import SilenceService
 
-    env = os.environ
-    topic = env.get("OPS_TOPIC_ARN") or None
+    s = settings()
+    topic = s.ops_topic_arn
 
     def publish(subject: str, text: str) -> None:
         boto3.client("sns").publish(TopicArn=topic, Subject=subject, Message=text)
 
     return SilenceService(store(), _senders(), publish if topic else None,
-                          default_cadence_s=float(env.get("SILENCE_DEFAULT_CADENCE_S", "3600")),
-                          missed_uploads=float(env.get("SILENCE_MISSED_UPLOADS", "2")), metrics=metrics)
+                          default_cadence_s=s.silence_default_cadence_s, missed_uploads=s.silence_missed_uploads,
+                          metrics=metrics)
 
 
 def reset() -> None:
-    """Forget cached clients and settings (the local stack calls this when it restarts)."""
+    """Forget cached clients, settings and the policy file (the local stack calls this when it restarts)."""
+    from sentinela.domain.policy import forget_policy
+
     for f in (settings, model, store, s3, channels, _s3_sigv4):
         f.cache_clear()
+    forget_policy()

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from sentinela.adapters.store import from_ddb, legacy_sms_key, now_iso, to_ddb
+from sentinela.adapters.store import from_ddb, legacy_sms_key, to_ddb
+from sentinela.domain import clock
 from sentinela.domain.alert import Alert
 from sentinela.domain.keys import ClipRef
 from sentinela.domain.repositories import Item, Repositories
@@ -140,12 +141,12 @@ class MemoryStore(Repositories):
             item["gsi1sk"] = f"CLIP#{ref.recorded_at}#{ref.device_id}#{ref.clip_id}"
         else:
             item["gsi1pk"] = "REJECTED"
-            item["gsi1sk"] = f"CLIP#{now_iso()}#{ref.clip_id}"
+            item["gsi1sk"] = f"CLIP#{clock.stamp()}#{ref.clip_id}"
         return item
 
     def mark_processing(self, ref: ClipRef, received_at: str) -> int:
         fields = to_ddb(self._clip_base(ref) | {"status": "processing", "received_at": received_at,
-                                                "updated_at": now_iso()})
+                                                "updated_at": clock.stamp()})
         key = (fields.pop("pk"), fields.pop("sk"))
         with self._lock:
             self._always(key, updated(key, put=fields, remove=["reason"], add={"attempts": 1}))
@@ -155,19 +156,19 @@ class MemoryStore(Repositories):
         key = (f"CLIP#{ref.clip_id}", "CLIP")
         return self._write(key, lambda raw: raw is not None and same(raw.get("status"), "processing"),
                            updated(key, put={"status": "failed", "reason": reason, "attempts": attempts,
-                                             "updated_at": now_iso()}))
+                                             "updated_at": clock.stamp()}))
 
     def note_clip_error(self, clip_id: str, error: str, attempt: int) -> None:
         key = (f"CLIP#{clip_id}", "CLIP")
         self._always(key, updated(key, put={"last_error": error, "last_error_attempt": attempt,
-                                            "updated_at": now_iso()}))
+                                            "updated_at": clock.stamp()}))
 
     def mark_rejected(self, ref: ClipRef, reason: str, extra: Mapping[str, Any] | None = None) -> None:
-        item = self._clip_base(ref) | {"status": "rejected", "reason": reason, "updated_at": now_iso()}
+        item = self._clip_base(ref) | {"status": "rejected", "reason": reason, "updated_at": clock.stamp()}
         self._always((item["pk"], item["sk"]), replaced(item | dict(extra or {})))
 
     def mark_processed(self, ref: ClipRef, summary: Mapping[str, Any]) -> None:
-        item = self._clip_base(ref) | {"status": "processed", "updated_at": now_iso()} | dict(summary)
+        item = self._clip_base(ref) | {"status": "processed", "updated_at": clock.stamp()} | dict(summary)
         self._always((item["pk"], item["sk"]), replaced(item))
 
     def write_detections(self, clip_id: str, dets: Iterable[Detection], model_id: str) -> int:
@@ -252,7 +253,7 @@ class MemoryStore(Repositories):
         for r in self.rangers_by_phone(phone):
             key = (r["pk"], r["sk"])
             self._always(key, updated(key, put={"number_invalid": True, "number_error": reason,
-                                                "number_error_code": code or 0, "number_checked_at": now_iso()}))
+                                                "number_error_code": code or 0, "number_checked_at": clock.stamp()}))
             n += 1
         return n
 
@@ -265,7 +266,7 @@ class MemoryStore(Repositories):
         legacy = legacy_sms_key(pk, channel, ranger_id, step)
         key = self._send_key(pk, channel, ranger_id, step)
         item = dict(record) | {"pk": key[0], "sk": key[1], "type": "send", "channel": channel, "status": "sending",
-                               "attempts": 1, "created_at": now_iso()}
+                               "attempts": 1, "created_at": clock.stamp()}
         with self._lock:
             if legacy is not None:
                 old = self.items.get((legacy["pk"], legacy["sk"]))
@@ -280,12 +281,12 @@ class MemoryStore(Repositories):
 
     def record_send(self, pk: str, channel: str, ranger_id: str, step: str, fields: Mapping[str, Any]) -> None:
         key = self._send_key(pk, channel, ranger_id, step)
-        self._always(key, updated(key, put={k: to_ddb(v) for k, v in fields.items()} | {"updated_at": now_iso()}))
+        self._always(key, updated(key, put={k: to_ddb(v) for k, v in fields.items()} | {"updated_at": clock.stamp()}))
 
     def record_delivery(self, pk: str, channel: str, ranger_id: str, step: str, fields: Mapping[str, Any]) -> bool:
         legacy = legacy_sms_key(pk, channel, ranger_id, step)
         keys = [self._send_key(pk, channel, ranger_id, step)] + ([(legacy["pk"], legacy["sk"])] if legacy else [])
-        put = {k: to_ddb(v) for k, v in fields.items()} | {"updated_at": now_iso()}
+        put = {k: to_ddb(v) for k, v in fields.items()} | {"updated_at": clock.stamp()}
         return any(self._write(k, exists, updated(k, put=put)) for k in keys)
 
     def sends(self, pk: str) -> list[Item]:
@@ -376,7 +377,7 @@ class MemoryStore(Repositories):
         clip_id, threat = alert.clip_id, alert.threat
         common: dict[str, Any] = {"incident_id": incident_id, "clip_id": clip_id, "threat": threat, "role": role,
                   "recorded_at": alert.recorded_at, "confidence": alert.confidence,
-                  "device_id": alert.device_id, "created_at": now_iso()}
+                  "device_id": alert.device_id, "created_at": clock.stamp()}
         link = common | {"pk": f"CLIP#{clip_id}", "sk": f"INCIDENT#{threat}", "type": "incident_link"}
         member = common | {"pk": f"INC#{incident_id}", "sk": f"MEMBER#{clip_id}#{threat}", "type": "incident_member"}
         return [((link["pk"], link["sk"]), absent, replaced(link)),
@@ -385,7 +386,7 @@ class MemoryStore(Repositories):
     def create_incident(self, incident: Mapping[str, Any], alert: Alert, replaces: str | None) -> str:
         iid = incident["incident_id"]
         slot = {"pk": f"SITE#{incident['site_id']}", "sk": f"OPEN#{incident['group']}", "type": "incident_slot",
-                "incident_id": iid, "updated_at": now_iso()}
+                "incident_id": iid, "updated_at": clock.stamp()}
         inc = dict(incident) | {"pk": f"INC#{iid}", "sk": "INCIDENT", "type": "incident"}
 
         def slot_free(raw: Raw | None) -> bool:
@@ -407,7 +408,7 @@ class MemoryStore(Repositories):
         codes = self._transact([
             *self._member_writes(incident_id, alert, "joined"),
             (key, lambda raw: raw is not None and any(same(raw.get("state"), s) for s in ("open", "acknowledged")),
-             updated(key, put={"updated_at": now_iso()}, add={"alerts": 1})),
+             updated(key, put={"updated_at": clock.stamp()}, add={"alerts": 1})),
         ])
         if codes is None:
             for attr, value in (("last_heard", heard_at), ("max_confidence", to_ddb(alert.confidence))):
@@ -425,7 +426,7 @@ class MemoryStore(Repositories):
         key = (f"INC#{incident_id}", "INCIDENT")
         expected = dict(expect or {})
         trace = list(append_trace)
-        put = {k: to_ddb(v) for k, v in fields.items()} | {"updated_at": now_iso()}
+        put = {k: to_ddb(v) for k, v in fields.items()} | {"updated_at": clock.stamp()}
 
         def holds(raw: Raw | None) -> bool:
             if raw is None:
@@ -461,7 +462,7 @@ class MemoryStore(Repositories):
     def claim_reply(self, message_sid: str, record: Mapping[str, Any], expires_at: int) -> bool:
         item = dict(record) | {"pk": f"REPLY#{message_sid}", "sk": "REPLY", "type": "sms_reply",
                                "message_sid": message_sid, "expires_at": expires_at, "reply_status": "claimed",
-                               "created_at": now_iso()}
+                               "created_at": clock.stamp()}
         return self._write((item["pk"], item["sk"]),
                            lambda raw: raw is None or same(raw.get("reply_status"), "released"), replaced(item))
 

@@ -23,12 +23,12 @@ DEFAULT_CASES = ("48000:1:600", "655350:8:60", "192000:8:120", "384000:2:120")
 
 
 def _child(path: str, card: str | None) -> None:
-    from sentinela.adapters.model import Model
+    from sentinela.adapters.model import BirdNetOnnx
     from sentinela.config import Settings, default_card_path
     from sentinela.domain.card import load_card
     from sentinela.services.classify import classify_source
 
-    model = Model(load_card(Path(card) if card else default_card_path()))
+    model = BirdNetOnnx(load_card(Path(card) if card else default_card_path()))
     try:
         out = classify_source(path, model, max_seconds=Settings.from_env().max_clip_seconds)
         outcome = f"processed {out.info.duration_s:g} s, {len(out.result.detections)} detections"

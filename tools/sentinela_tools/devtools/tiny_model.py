@@ -5,12 +5,15 @@ without building BirdNET: ``INPUT`` float32 [batch, 144000] -> ``Identity`` logi
 Its "hearing" is two features of each window: the mean and the peak of 1024 short-time energies. An
 impulse (high peak over a low mean) reads as a gunshot; a loud sustained sound as power tools and an
 engine; a moderate one as a bird. Crude on purpose: tests can generate audio whose answer they know.
+``build(labels=..., threats=...)`` makes one with other labels and threat classes (a new class, as data).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,16 +42,20 @@ THREATS = {
 }
 
 
-def build(out_dir: str | Path) -> Path:
-    """Write tiny.onnx, labels.txt and card.json into ``out_dir``; return the card's path."""
+def build(out_dir: str | Path, labels: Mapping[str, tuple[float, float, float]] | None = None,
+          threats: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """Write tiny.onnx, labels.txt and card.json into ``out_dir``; return the card's path. ``labels``
+    (label -> weights, as LABELS) and ``threats`` (the card's threat rules, as THREATS) replace the
+    defaults: e.g. ``LABELS | {"Drone_Drone": (60.0, 0.0, -9.0)}`` and ``THREATS | {"drone": {...}}``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = list(LABELS)
-    w = np.array([[LABELS[n][0] for n in names], [LABELS[n][1] for n in names]], dtype=np.float32)
-    b = np.array([LABELS[n][2] for n in names], dtype=np.float32)
+    weights = dict(LABELS if labels is None else labels)
+    names = list(weights)
+    w = np.array([[weights[n][0] for n in names], [weights[n][1] for n in names]], dtype=np.float32)
+    b = np.array([weights[n][2] for n in names], dtype=np.float32)
     inits = [
         numpy_helper.from_array(np.array([0], np.int64), "starts"),
         numpy_helper.from_array(np.array([SEGMENTS * SEG_LEN], np.int64), "ends"),
@@ -88,7 +95,7 @@ def build(out_dir: str | Path) -> Path:
                   "logits_output": "Identity", "embedding_output": "embedding"},
         "audio": {"sample_rate": 48000, "window_s": 3.0, "hop_s": 1.5},
         "sensitivity": 1.0,
-        "threats": THREATS,
+        "threats": dict(THREATS if threats is None else threats),
         "biodiversity": {"store": 0.5},
     }
     path = out / "card.json"

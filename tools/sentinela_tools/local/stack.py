@@ -147,6 +147,7 @@ class LocalStack:
         # same URL from PUBLIC_API_URL (on AWS: the API's own domain).
         os.environ.update({"PUBLIC_API_URL": self.http_api.url,
                            "STATUS_CALLBACK_URL": f"{self.http_api.url}/sms/status"})
+        runtime.reset()  # settings are read once per container: these two are known only now
         self.escalate = _load_handler("escalate")
         self.silence = _load_handler("silence")
         self._last_silence = self.clock()

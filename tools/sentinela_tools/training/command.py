@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from sentinela.domain.card import THREAT_CLASSES, CardError, load_card
+from sentinela.domain.card import CardError, load_card
+from sentinela_tools.classes import THREAT_CLASSES
 from sentinela_tools.evaluate import BACKGROUND, LABELS, DatasetError, manifest_hash
 from sentinela_tools.progress import log
 from sentinela_tools.training import crosssource
@@ -65,6 +66,9 @@ def run_training(args: argparse.Namespace) -> int:
     try:
         clips = load_folders(args.dirs)
         card = load_card(card_path)
+        if card.threat_classes != THREAT_CLASSES:
+            raise CardError(f"{card_path} names the classes {', '.join(card.threat_classes)}; the tools train "
+                            f"those of models/card.json ({', '.join(THREAT_CLASSES)}): add a class there")
         model = embedding_model(card, args.threads)
     except (DatasetError, CardError, ModelError, TrainError, ValueError) as exc:
         return _err(str(exc))

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sentinela.domain.card import THREAT_CLASSES
+from sentinela_tools.classes import THREAT_CLASSES
 from sentinela_tools.evaluate import BACKGROUND, roc_auc
 from sentinela_tools.progress import Stage
 from sentinela_tools.training.embed import Embedded, Mixes

@@ -70,11 +70,11 @@ class Mixes:
 
 def embedding_model(card: ModelCard, threads: int | None) -> Any:
     """The base model without any head, asked for its embedding output as well as its scores."""
-    from sentinela.adapters.model import Model
+    from sentinela.adapters.model import BirdNetOnnx
 
     if not card.embedding_output:
         raise TrainError("the model card names no embedding_output; a head needs the model's embedding")
-    return Model(replace(card, head=None), threads=threads, embeddings=True)
+    return BirdNetOnnx(replace(card, head=None), threads=threads, embeddings=True)
 
 
 def model_key(card: ModelCard) -> str:
@@ -85,7 +85,7 @@ def model_key(card: ModelCard) -> str:
 def _embed(model: Any, wins: Sequence[np.ndarray], batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
     d = int(model.card.raw.get("model", {}).get("embedding_dim", 1024))
     if not wins:
-        return np.zeros((0, d), np.float32), np.zeros((0, len(model.threat_names)), np.float32)
+        return np.zeros((0, d), np.float32), np.zeros((0, len(model.threat_classes)), np.float32)
     embs: list[np.ndarray] = []
     zs: list[np.ndarray] = []
     for i in range(0, len(wins), batch):

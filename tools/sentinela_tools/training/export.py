@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from sentinela.domain.card import THREAT_CLASSES
+from sentinela_tools.classes import THREAT_CLASSES
 from sentinela_tools.training.fit import LOGIT_CLIP, P_CLIP, Head
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from sentinela.domain.card import THREAT_CLASSES
+from sentinela_tools.classes import THREAT_CLASSES
 from sentinela_tools.evaluate import BACKGROUND
 from sentinela_tools.training.embed import BANDLIMIT_RATES, Embedded, Mixes
 from sentinela_tools.training.recipe import Recipe

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sentinela.domain.card import THREAT_CLASSES
+from sentinela_tools.classes import THREAT_CLASSES
 from sentinela_tools.evaluate import BACKGROUND
 from sentinela_tools.training.crosssource import CrossSource
 
@@ -41,9 +41,9 @@ def _row(name: str, s: Mapping[str, Any]) -> str:
             f"{_f(s['accuracy'])} | {_f(s['at_equal_recall']['background_false_alarm_rate'])} |")
 
 
-HEADER = ("| recipe | AUC gunshot | chainsaw | engine | human_voice | dog | min AUC | macro recall | "
+HEADER = ("| recipe | AUC " + " | ".join(THREAT_CLASSES) + " | min AUC | macro recall | "
           "background clips alerting (per h) | six-way accuracy | background alerting at recall 0.9 |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|")
+          + "|---" * (len(THREAT_CLASSES) + 6) + "|")
 
 
 def _f2f_rows(rows: Mapping[str, Mapping[str, Any]]) -> list[str]:

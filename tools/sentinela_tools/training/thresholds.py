@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from sentinela.domain.card import THREAT_CLASSES
+from sentinela_tools.classes import THREAT_CLASSES
 from sentinela_tools.evaluate import BACKGROUND, ClipScore, clip_metrics
 
 BG_WEIGHT = 3.0  # a background clip that alerts costs three missed threats: rangers stop reading floods

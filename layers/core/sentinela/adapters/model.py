@@ -1,8 +1,13 @@
-"""The ONNX session(s) and batched inference. One session per process (per Lambda container)."""
+"""BirdNET on onnxruntime: the one :class:`sentinela.domain.scoring.ThreatModel` adapter. One session per
+process (per Lambda container).
+
+What is BirdNET's and stays here: its logits clipped to +-15 and scaled by the card's sensitivity before
+the sigmoid (as BirdNET's own analyser does), its label format (``Genus_Common``; a sound class repeats
+its name, ``Dog_Dog``), the threat head on its embedding, and the FFT front end of the cut graph.
+"""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from sentinela.adapters.frontend import Frontend, FrontendError
+from sentinela.config import default_threads
 from sentinela.domain.activity import has_signal
 from sentinela.domain.card import ModelCard
 from sentinela.domain.scoring import WindowBatch
@@ -31,15 +37,15 @@ def _session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def default_threads() -> int:
-    env = os.environ.get("SENTINELA_THREADS")
-    return int(env) if env else max(1, min(2, os.cpu_count() or 1))
+LOGIT_CLIP = 15.0
 
 
-class Model:
+class BirdNetOnnx:
+    """A BirdNET-shaped ONNX model (BirdNET V2.4, or the tests' tiny model) run as its card says."""
+
     def __init__(self, card: ModelCard, threads: int | None = None, embeddings: bool = False) -> None:
         """``embeddings``: fetch the embedding even without a head (training and evaluation need it)."""
-        self.card = card
+        self._card = card
         self.threads = threads or default_threads()
         self.session = _session(card.path, self.threads)
         self.frontend: Frontend | None = None
@@ -66,16 +72,33 @@ class Model:
             raise ModelError(f"model has {n_out.shape[-1]} labels, its card lists {len(card.labels)}")
         self.head = _session(card.head.path, 1) if card.head is not None else None
         index = {lab: i for i, lab in enumerate(card.labels)}
-        self.threat_names = tuple(card.threats)
-        self._label_idx = [[index[lab] for lab in card.threats[t].model_labels] for t in self.threat_names]
+        self._threats = card.threat_classes
+        self._label_idx = [[index[lab] for lab in card.threats[t].model_labels] for t in self._threats]
         if card.head is not None:
-            self._head_cols = [card.head.classes.index(t) if t in card.head.classes else -1 for t in self.threat_names]
+            self._head_cols = [card.head.classes.index(t) if t in card.head.classes else -1 for t in self._threats]
+
+    @property
+    def card(self) -> ModelCard:
+        return self._card
+
+    @property
+    def threat_classes(self) -> tuple[str, ...]:
+        return self._threats
+
+    @property
+    def model_id(self) -> str:
+        return self._card.model_id
+
+    def label_kind(self, label: str) -> str:
+        sci, _, common = label.partition("_")
+        # BirdNET's non-species classes repeat their name ("Dog_Dog", "Engine_Engine").
+        return "other" if sci == common else "species"
 
     def infer(self, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Sigmoid scores [n, labels] and the embedding [n, d] (or None) for a batch of windows."""
         x = windows if self.frontend is None else self.frontend(windows, self._pool)
         res = self.session.run(self._outputs, {self.card.input: x})
-        logits = np.clip(res[0], -15.0, 15.0) * self.card.sensitivity
+        logits = np.clip(res[0], -LOGIT_CLIP, LOGIT_CLIP) * self.card.sensitivity
         scores = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
         return scores, (res[1] if len(res) > 1 else None)
 
@@ -85,7 +108,7 @@ class Model:
             probs = self.head.run([self.card.head.output], {self.card.head.input: embedding})[0]
             cols = [probs[:, c] if c >= 0 else np.zeros(len(probs), np.float32) for c in self._head_cols]
             return np.stack(cols, axis=1).astype(np.float32)
-        out = np.zeros((scores.shape[0], len(self.threat_names)), dtype=np.float32)
+        out = np.zeros((scores.shape[0], len(self._threats)), dtype=np.float32)
         for j, idx in enumerate(self._label_idx):
             if idx:
                 out[:, j] = scores[:, idx].max(axis=1)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -15,16 +13,13 @@ import boto3
 from boto3.dynamodb.conditions import Key
 from botocore.exceptions import ClientError
 
+from sentinela.domain import clock
 from sentinela.domain.alert import Alert
 from sentinela.domain.keys import ClipRef as ClipRef  # re-exported: it used to live here
 from sentinela.domain.repositories import Repositories
 
 if TYPE_CHECKING:  # detect pulls in numpy, which the notify function does not carry
     from sentinela.domain.detect import Detection
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def to_ddb(value: Any) -> Any:
@@ -87,14 +82,14 @@ class Store(Repositories):
             item["gsi1sk"] = f"CLIP#{ref.recorded_at}#{ref.device_id}#{ref.clip_id}"
         else:
             item["gsi1pk"] = "REJECTED"
-            item["gsi1sk"] = f"CLIP#{now_iso()}#{ref.clip_id}"
+            item["gsi1sk"] = f"CLIP#{clock.stamp()}#{ref.clip_id}"
         return item
 
     def mark_processing(self, ref: ClipRef, received_at: str) -> int:
         """The clip is being processed; returns which attempt this is (1, 2, ... across retries and
         replays), so that the last one can leave a terminal status instead of ``processing``."""
         item = to_ddb(self._clip_base(ref) | {"status": "processing", "received_at": received_at,
-                                              "updated_at": now_iso()})
+                                              "updated_at": clock.stamp()})
         key = {"pk": item.pop("pk"), "sk": item.pop("sk")}
         names = {f"#a{i}": k for i, k in enumerate(item)}
         values = {f":a{i}": v for i, v in enumerate(item.values())}
@@ -111,21 +106,21 @@ class Store(Repositories):
             self.table.update_item, Key={"pk": f"CLIP#{ref.clip_id}", "sk": "CLIP"},
             UpdateExpression="SET #s = :failed, reason = :r, attempts = :n, updated_at = :u",
             ConditionExpression="#s = :processing", ExpressionAttributeNames={"#s": "status"},
-            ExpressionAttributeValues={":failed": "failed", ":r": reason, ":n": attempts, ":u": now_iso(),
+            ExpressionAttributeValues={":failed": "failed", ":r": reason, ":n": attempts, ":u": clock.stamp(),
                                        ":processing": "processing"})
 
     def note_clip_error(self, clip_id: str, error: str, attempt: int) -> None:
         """An attempt failed and will be retried: the error is on the record meanwhile."""
         self.table.update_item(Key={"pk": f"CLIP#{clip_id}", "sk": "CLIP"},
                                UpdateExpression="SET last_error = :e, last_error_attempt = :n, updated_at = :u",
-                               ExpressionAttributeValues={":e": error, ":n": attempt, ":u": now_iso()})
+                               ExpressionAttributeValues={":e": error, ":n": attempt, ":u": clock.stamp()})
 
     def mark_rejected(self, ref: ClipRef, reason: str, extra: Mapping[str, Any] | None = None) -> None:
-        item = self._clip_base(ref) | {"status": "rejected", "reason": reason, "updated_at": now_iso()}
+        item = self._clip_base(ref) | {"status": "rejected", "reason": reason, "updated_at": clock.stamp()}
         self.table.put_item(Item=to_ddb(item | dict(extra or {})))
 
     def mark_processed(self, ref: ClipRef, summary: Mapping[str, Any]) -> None:
-        item = self._clip_base(ref) | {"status": "processed", "updated_at": now_iso()} | dict(summary)
+        item = self._clip_base(ref) | {"status": "processed", "updated_at": clock.stamp()} | dict(summary)
         self.table.put_item(Item=to_ddb(item))
 
     def write_detections(self, clip_id: str, dets: Iterable[Detection], model_id: str) -> int:
@@ -216,7 +211,7 @@ class Store(Repositories):
         try:
             self.table.put_item(
                 Item=to_ddb(dict(record) | key | {"type": "send", "channel": channel, "status": "sending",
-                                                   "attempts": 1, "created_at": now_iso()}),
+                                                   "attempts": 1, "created_at": clock.stamp()}),
                 ConditionExpression="attribute_not_exists(pk)",
             )
             return True
@@ -245,7 +240,7 @@ class Store(Repositories):
         return conditional(
             self.table.update_item, Key=dict(key),
             UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in fields) + ", updated_at = :u",
-            ExpressionAttributeNames=names, ExpressionAttributeValues=values | {":u": now_iso()}, **kw,
+            ExpressionAttributeNames=names, ExpressionAttributeValues=values | {":u": clock.stamp()}, **kw,
         )
 
     def sends(self, pk: str) -> list[dict[str, Any]]:
@@ -436,7 +431,7 @@ class Store(Repositories):
         clip_id, threat, name = alert.clip_id, alert.threat, self.table.name
         common = {"incident_id": incident_id, "clip_id": clip_id, "threat": threat, "role": role,
                   "recorded_at": alert.recorded_at, "confidence": alert.confidence,
-                  "device_id": alert.device_id, "created_at": now_iso()}
+                  "device_id": alert.device_id, "created_at": clock.stamp()}
         return [
             {"Put": {"TableName": name, "ConditionExpression": "attribute_not_exists(pk)", "Item": to_ddb(
                 common | {"pk": f"CLIP#{clip_id}", "sk": f"INCIDENT#{threat}", "type": "incident_link"})}},
@@ -452,7 +447,7 @@ class Store(Repositories):
         cond = "attribute_not_exists(pk)" if replaces is None else "incident_id = :prev"
         slot: dict[str, Any] = {"TableName": name, "ConditionExpression": cond, "Item": to_ddb({
             "pk": f"SITE#{incident['site_id']}", "sk": f"OPEN#{incident['group']}", "type": "incident_slot",
-            "incident_id": iid, "updated_at": now_iso()})}
+            "incident_id": iid, "updated_at": clock.stamp()})}
         if replaces is not None:
             slot["ExpressionAttributeValues"] = {":prev": replaces}
         codes = self._transact([
@@ -474,7 +469,7 @@ class Store(Repositories):
                         "UpdateExpression": "ADD alerts :one SET updated_at = :u",
                         "ConditionExpression": "#s IN (:open, :ack)",
                         "ExpressionAttributeNames": {"#s": "state"},
-                        "ExpressionAttributeValues": {":one": 1, ":u": now_iso(), ":open": "open",
+                        "ExpressionAttributeValues": {":one": 1, ":u": clock.stamp(), ":open": "open",
                                                       ":ack": "acknowledged"}}},
         ])
         if codes is None:
@@ -498,7 +493,7 @@ class Store(Repositories):
         """Conditional update: ``expect`` maps attribute -> required value (a tuple: any of). False when
         the condition failed (someone else changed the incident first)."""
         names: dict[str, str] = {}
-        values: dict[str, Any] = {":u": now_iso()}
+        values: dict[str, Any] = {":u": clock.stamp()}
         sets = ["updated_at = :u"]
         for i, (k, v) in enumerate(fields.items()):
             names[f"#f{i}"] = k
@@ -568,7 +563,7 @@ class Store(Repositories):
                                    UpdateExpression="SET number_invalid = :t, number_error = :e, "
                                                     "number_error_code = :c, number_checked_at = :u",
                                    ExpressionAttributeValues={":t": True, ":e": reason, ":c": code or 0,
-                                                              ":u": now_iso()})
+                                                              ":u": clock.stamp()})
             n += 1
         return n
 
@@ -592,7 +587,7 @@ class Store(Repositories):
             self.table.put_item,
             Item=to_ddb(dict(record) | {"pk": f"REPLY#{message_sid}", "sk": "REPLY", "type": "sms_reply",
                                         "message_sid": message_sid, "expires_at": expires_at,
-                                        "reply_status": "claimed", "created_at": now_iso()}),
+                                        "reply_status": "claimed", "created_at": clock.stamp()}),
             ConditionExpression="attribute_not_exists(pk) OR reply_status = :released",
             ExpressionAttributeValues={":released": "released"},
         )
@@ -649,6 +644,3 @@ def legacy_sms_key(pk: str, channel: str, ranger_id: str, step: str) -> dict[str
     reads of it can go once no incident opened before that deploy is still active."""
     return {"pk": pk, "sk": f"SMS#{step}#{ranger_id}"} if channel == "sms" else None
 
-
-def epoch() -> int:
-    return int(time.time())

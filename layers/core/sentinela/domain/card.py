@@ -1,18 +1,23 @@
 """The model card: everything classify needs to know about a model, as data (``models/card.json``).
 
 Paths inside a card are relative to the card file, so a card and its model travel together (the repo's
-``models/`` folder locally, ``/opt`` in the Lambda model layer).
+``models/`` folder locally, ``/opt`` in the Lambda model layer). The card is where the threat classes are
+named: its ``threats`` (in that order, the order classify decides and writes them) and its head's
+``classes``; nothing in the code lists them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-THREAT_CLASSES = ("gunshot", "chainsaw", "engine", "human_voice", "dog")
+# A class name becomes part of item keys, metric names (Alerts_<class>) and object tags: kept to these.
+THREAT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+BACKGROUND = "background"  # a head's column for "no threat": no rule, no alert (training labels it so too)
 
 
 class CardError(ValueError):
@@ -77,6 +82,11 @@ class ModelCard:
     def hop_samples(self) -> int:
         return round(self.hop_s * self.sample_rate)
 
+    @property
+    def threat_classes(self) -> tuple[str, ...]:
+        """The threat classes, in the card's order (the order classify decides and writes them)."""
+        return tuple(self.threats)
+
     def threat_of_label(self) -> dict[str, str]:
         return {lab: rule.name for rule in self.threats.values() for lab in rule.model_labels}
 
@@ -115,8 +125,11 @@ def load_card(path: str | Path) -> ModelCard:
         raise CardError(f"model labels not found: {labels_path} (run `make model`)") from exc
     threats: dict[str, ThreatRule] = {}
     for name, rule in _req(raw, "threats", "card").items():
-        if name not in THREAT_CLASSES:
-            raise CardError(f"model card: threat '{name}' is not one of {', '.join(THREAT_CLASSES)}")
+        if not THREAT_NAME.match(str(name)):
+            raise CardError(f"model card: threat {name!r}: a class name is lower case letters, digits and _ "
+                            "(it names items, metrics and tags)")
+        if name == BACKGROUND:
+            raise CardError(f"model card: '{BACKGROUND}' is the head's no-threat column, not a threat class")
         store = _threshold(rule.get("store", 0.1), f"threats.{name}.store")
         alert = _threshold(rule.get("alert", 0.5), f"threats.{name}.alert")
         if store > alert:
@@ -148,7 +161,7 @@ def load_card(path: str | Path) -> ModelCard:
             classes=tuple(_req(h, "classes", "head")),
         )
         # A head may also output a background column: it has no threat rule and raises no alert.
-        missing = [c for c in head.classes if c not in threats and c != "background"]
+        missing = [c for c in head.classes if c not in threats and c != BACKGROUND]
         if missing:
             raise CardError(f"model card: head classes without a threat rule: {missing}")
     card = ModelCard(
@@ -171,6 +184,17 @@ def load_card(path: str | Path) -> ModelCard:
     )
     use = str(model.get("use", "graph"))
     return card if use == "graph" else with_variant(card, use, base)
+
+
+def card_threat_classes(path: str | Path) -> tuple[str, ...]:
+    """The threat classes a card names, in its order, read from the card file alone (its model and labels
+    need not be there: the tools that only need the class list read it this way)."""
+    card_path = Path(path)
+    try:
+        raw = json.loads(card_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CardError(f"model card {card_path} cannot be read: {exc}") from exc
+    return tuple(str(name) for name in _req(raw, "threats", "card"))
 
 
 def variants(card: ModelCard) -> tuple[str, ...]:

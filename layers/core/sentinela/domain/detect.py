@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from sentinela.domain.card import ModelCard
-from sentinela.domain.scoring import WindowBatch
+from sentinela.domain.scoring import ThreatModel, WindowBatch
 
 
 @dataclass(frozen=True)
@@ -60,18 +61,19 @@ class ClipResult:
         return [d for d in self.decisions if d.alert]
 
 
-def _species_kind(label: str) -> str:
-    sci, _, common = label.partition("_")
-    # BirdNET's non-species classes repeat their name ("Dog_Dog", "Engine_Engine").
-    return "other" if sci == common else "species"
+def _any_species(label: str) -> str:
+    return "species"
 
 
 @dataclass
 class Detector:
-    """Feed it the batches of one clip in time order; ``finish`` gives detections and decisions."""
+    """Feed it the batches of one clip in time order; ``finish`` gives detections and decisions.
+    ``threat_classes``: the columns of the batches' threat scores; ``label_kind``: the model's
+    (:meth:`sentinela.domain.scoring.ThreatModel.label_kind`), "species" or "other" for a label."""
 
     card: ModelCard
-    threat_names: tuple[str, ...]
+    threat_classes: tuple[str, ...]
+    label_kind: Callable[[str], str] = _any_species
     _open_threat: dict[str, _Open] = field(default_factory=dict)
     _open_species: dict[str, _Open] = field(default_factory=dict)
     _done: list[Detection] = field(default_factory=list)
@@ -81,10 +83,15 @@ class Detector:
     _windows: int = 0
     _species_mask: np.ndarray | None = None
 
+    @classmethod
+    def for_model(cls, model: ThreatModel, card: ModelCard | None = None) -> Detector:
+        """``card``: the model's card with other thresholds (an operating point), if not its own."""
+        return cls(card or model.card, model.threat_classes, model.label_kind)
+
     def __post_init__(self) -> None:
         threat_labels = set(self.card.threat_of_label())
         self._species_mask = np.array([lab not in threat_labels for lab in self.card.labels])
-        for t in self.threat_names:
+        for t in self.threat_classes:
             self._max[t] = 0.0
             self._alerting[t] = 0
 
@@ -96,7 +103,7 @@ class Detector:
         for i, start in enumerate(batch.starts.tolist()):
             self._windows += 1
             end = start + win
-            for j, t in enumerate(self.threat_names):
+            for j, t in enumerate(self.threat_classes):
                 rule = self.card.threats[t]
                 s = float(batch.threat[i, j])
                 self._max[t] = max(self._max[t], s)
@@ -136,7 +143,7 @@ class Detector:
             rule = self.card.threats[key]
             det = Detection(key, "threat", ev.peak, ev.start, ev.end, ev.n, ev.n_alert, ev.peak >= rule.alert)
         else:
-            det = Detection(key, _species_kind(key), ev.peak, ev.start, ev.end, ev.n)
+            det = Detection(key, self.label_kind(key), ev.peak, ev.start, ev.end, ev.n)
         self._done.append(det)
 
     def finish(self, duration_s: float | None = None) -> ClipResult:
@@ -147,7 +154,7 @@ class Detector:
         dets = sorted(self._done, key=lambda d: (d.start_s, d.label))
         if duration_s is not None:
             dets = [d if d.end_s <= duration_s else _clamp(d, duration_s) for d in dets]
-        decisions = [self._decide(t) for t in self.threat_names]
+        decisions = [self._decide(t) for t in self.threat_classes]
         return ClipResult(dets, decisions, dict(self._max), self._windows)
 
     def _decide(self, t: str) -> AlertDecision:

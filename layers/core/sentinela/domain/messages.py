@@ -14,15 +14,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sentinela.domain.alert import Alert
 from sentinela.domain.phone import GSM7_BASIC, GSM7_EXT, segments
+from sentinela.domain.policy import class_traits
 
 LANGS = ("es", "en")
-
-THREAT_WORDS = {
-    "es": {"gunshot": "DISPARO", "chainsaw": "MOTOSIERRA", "engine": "MOTOR/VEHICULO",
-           "human_voice": "VOCES", "dog": "PERROS"},
-    "en": {"gunshot": "GUNSHOT", "chainsaw": "CHAINSAW", "engine": "ENGINE/VEHICLE",
-           "human_voice": "VOICES", "dog": "DOGS"},
-}
 
 TEMPLATES = {
     "es": ("SENTINELA {ref}: {threat} {conf}% en {site}, {device}{time} hora local{age}. {map}"
@@ -45,6 +39,12 @@ def gsm_safe(text: str) -> str:
     """Fold the few Spanish letters outside GSM-7; anything else outside it becomes '?'."""
     folded = text.translate(_FOLD)
     return "".join(c if c in GSM7_BASIC or c in GSM7_EXT else "?" for c in folded)
+
+
+def threat_words(threat: str, lang: str) -> str:
+    """The class as the texts name it: the policy file's ``classes.<threat>.names`` (DISPARO, GUNSHOT),
+    else the class name in upper case."""
+    return gsm_safe(class_traits(threat).name(lang))
 
 
 def local_time(iso_utc: str, tz: str | None) -> str:
@@ -99,7 +99,7 @@ def render_alert(alert: Alert, site: dict[str, Any] | None, lang: str, ref: str,
     link = map_link(site, device)
     text = TEMPLATES[lang].format(
         ref=ref,
-        threat=THREAT_WORDS[lang].get(alert.threat, alert.threat.upper()),
+        threat=threat_words(alert.threat, lang),
         conf=round(alert.confidence * 100),
         site=gsm_safe(str(site_name))[:40],
         device=device_words(alert.device_id, lang),
@@ -180,7 +180,7 @@ def render_update(incident: dict[str, Any], alert: Alert, site: dict[str, Any] |
     name = (site or {}).get("name") or incident.get("site_id") or "?"
     heard = str(alert.recorded_at or incident.get("last_heard") or "")[:19] + "Z"
     text = UPDATE_TEMPLATES[lang].format(
-        ref=incident["ref"], threat=THREAT_WORDS[lang].get(alert.threat, alert.threat.upper()),
+        ref=incident["ref"], threat=threat_words(alert.threat, lang),
         site=gsm_safe(str(name))[:40], n=int(incident.get("alerts", 1)),
         time=local_time(heard, (site or {}).get("tz")),
         conf=round(max(float(incident.get("max_confidence", 0)), alert.confidence) * 100),
@@ -194,7 +194,7 @@ def render_escalation(incident: dict[str, Any], site: dict[str, Any] | None, lan
     name = (site or {}).get("name") or incident.get("site_id") or "?"
     text = ESCALATION_TEMPLATES[lang].format(
         ref=incident["ref"], minutes=max(int(minutes), 0),
-        threat=THREAT_WORDS[lang].get(str(incident["threat"]), str(incident["threat"]).upper()),
+        threat=threat_words(str(incident["threat"]), lang),
         conf=round(float(incident.get("max_confidence", incident.get("confidence", 0))) * 100),
         site=gsm_safe(str(name))[:40],
         time=local_time(str(incident["first_heard"])[:19] + "Z", (site or {}).get("tz")),
@@ -242,4 +242,4 @@ def render_note(kind: str, lang: str, ref: str = "", name: str = "", threat: str
     lang = _lang(lang)
     return gsm_safe(NOTE_TEMPLATES[lang][kind].format(
         ref=ref, name=name.split(" ")[0] or "?", minutes=minutes,
-        threat=THREAT_WORDS[lang].get(threat, threat.upper()), state=STATE_WORDS[lang].get(state, state)))
+        threat=threat_words(threat, lang), state=STATE_WORDS[lang].get(state, state)))

@@ -4,27 +4,35 @@ The policy file (``policy.yaml`` beside this module, or ``POLICY_FILE``) has ``d
 ``classes.<threat>``; a site item's ``policy`` has the same shape and wins. :func:`evaluate` applies
 the threshold and the confirmation rule to one alert item and returns the verdict with its trace: a
 list of steps, each naming the rule, whether it passed or held, and the numbers it compared.
+
+What a class *is*, whatever the site (its name in each language, whether its audio may be linked in an
+SMS, the clip's retention tag, a second "2" before a false alarm closes it) is in the policy file only:
+:func:`class_traits`. The classes themselves come from the model card; the file names those it says
+something about, in the card's order (:func:`check_against_card`).
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sentinela.domain import clock
 from sentinela.domain.alert import Alert
-from sentinela.domain.card import THREAT_CLASSES
 
 DEFAULT_POLICY = Path(__file__).with_name("policy.yaml")
 KNOWN_KEYS = {"threshold", "confirm", "window_s", "escalation_delay_s", "still_hearing_after_s", "group",
               "yields_to"}
+# The class's traits: the policy file's, never a site's (classify, which tags the clip, reads no site).
+TRAIT_KEYS = {"names", "audio_link", "retention", "false_alarm_confirm_s"}
+# Retention tags the bucket's lifecycle rules know (template.yaml: VoiceClipRetentionDays).
+RETENTION_TAGS = ("voice",)
 CONFIRM_KEYS = {"windows", "within_s", "across_clips"}
 QUIET = "quiet"  # a threshold that names the model card's quiet operating point
 EARLIER_CLIP_SLACK_S = 600
@@ -61,6 +69,20 @@ class ClassPolicy:
 
 
 @dataclass(frozen=True)
+class ClassTraits:
+    threat: str
+    names: Mapping[str, str] = field(default_factory=dict)  # language -> the class in the texts
+    audio_link: bool = True  # may an SMS link to the clip (SMS_AUDIO_LINKS=1); false: never (privacy)
+    retention: str | None = None  # the clip's sentinela-retention tag when the class alerts (RETENTION_TAGS)
+    # A "2" closes the incident as a false alarm only when the same ranger sends a second one within
+    # this many seconds; None: the first "2" closes it.
+    false_alarm_confirm_s: float | None = None
+
+    def name(self, lang: str) -> str:
+        return self.names.get(lang) or self.threat.upper()
+
+
+@dataclass(frozen=True)
 class Step:
     rule: str
     result: str  # "pass" | "held" | an outcome word ("opened", "joined", "sent" ...)
@@ -83,19 +105,25 @@ class Verdict:
         return held[0].detail if held else "; ".join(s.detail for s in self.trace)
 
 
-def _check(raw: Mapping[str, Any], where: str) -> list[str]:
+def _check(raw: Mapping[str, Any], where: str, classes: Sequence[str], file: bool) -> list[str]:
     problems = []
+    known = KNOWN_KEYS | TRAIT_KEYS if file else KNOWN_KEYS
     for section in ("defaults",):
-        unknown = set(raw.get(section) or {}) - KNOWN_KEYS
+        unknown = set(raw.get(section) or {}) - known
         if unknown:
-            problems.append(f"{where}: {section}: unknown key(s) {sorted(unknown)}")
+            problems.append(f"{where}: {section}: unknown key(s) {sorted(unknown)}" + _traits_hint(unknown, file))
     for threat, over in (raw.get("classes") or {}).items():
         if not isinstance(over, Mapping):
             problems.append(f"{where}: classes.{threat}: expected a mapping")
             continue
-        unknown = set(over) - KNOWN_KEYS
+        unknown = set(over) - known
         if unknown:
-            problems.append(f"{where}: classes.{threat}: unknown key(s) {sorted(unknown)}")
+            problems.append(f"{where}: classes.{threat}: unknown key(s) {sorted(unknown)}"
+                            + _traits_hint(unknown, file))
+        if file:
+            problems += _check_traits(over, f"classes.{threat}", where)
+    if file:
+        problems += _check_traits(raw.get("defaults") or {}, "defaults", where)
     for name, sec in [("defaults", raw.get("defaults") or {})] + [
             (f"classes.{t}", o) for t, o in (raw.get("classes") or {}).items() if isinstance(o, Mapping)]:
         conf = sec.get("confirm")
@@ -104,50 +132,130 @@ def _check(raw: Mapping[str, Any], where: str) -> list[str]:
         for k in ("window_s", "escalation_delay_s", "still_hearing_after_s"):
             if k in sec and (not isinstance(sec[k], int | float) or sec[k] < 0):
                 problems.append(f"{where}: {name}.{k} must be a number >= 0")
-        problems += _check_yields(sec.get("yields_to"), name, where)
+        problems += _check_yields(sec.get("yields_to"), name, where, classes)
         t = sec.get("threshold")
         if t is not None and t != QUIET and (not isinstance(t, int | float) or not 0 <= t <= 1):
             problems.append(f"{where}: {name}.threshold must be null, '{QUIET}' or a number within 0..1")
     return problems
 
 
-def _check_yields(ylds: Any, name: str, where: str) -> list[str]:
-    """``yields_to`` of section ``name`` ("defaults" or "classes.<threat>")."""
+def _traits_hint(unknown: set[str], file: bool) -> str:
+    return "; names, audio_link, retention and false_alarm_confirm_s are the policy file's (whatever the " \
+        "site)" if not file and unknown & TRAIT_KEYS else ""
+
+
+def _check_traits(sec: Mapping[str, Any], name: str, where: str) -> list[str]:
+    problems = []
+    names = sec.get("names")
+    if names is not None:
+        if name == "defaults":
+            problems.append(f"{where}: defaults.names: name each class (classes.<class>.names), not all")
+        elif not isinstance(names, Mapping) or not all(isinstance(v, str) and v.strip() for v in names.values()):
+            problems.append(f"{where}: {name}.names must map a language to a name, e.g. {{es: DRON, en: DRONE}}")
+    if "audio_link" in sec and not isinstance(sec["audio_link"], bool):
+        problems.append(f"{where}: {name}.audio_link must be true or false")
+    if sec.get("retention") is not None and sec["retention"] not in RETENTION_TAGS:
+        problems.append(f"{where}: {name}.retention must be null or one of {', '.join(RETENTION_TAGS)} (the "
+                        "bucket's lifecycle rules in template.yaml)")
+    fa = sec.get("false_alarm_confirm_s")
+    if fa is not None and (isinstance(fa, bool) or not isinstance(fa, int | float) or fa <= 0):
+        problems.append(f"{where}: {name}.false_alarm_confirm_s must be null or a number of seconds > 0")
+    return problems
+
+
+def _check_yields(ylds: Any, name: str, where: str, classes: Sequence[str]) -> list[str]:
+    """``yields_to`` of section ``name`` ("defaults" or "classes.<threat>"); ``classes``: the class order."""
     if ylds is None:
         return []
-    if not isinstance(ylds, list) or any(y not in THREAT_CLASSES for y in ylds):
-        return [f"{where}: {name}.yields_to must be a list of threat classes ({', '.join(THREAT_CLASSES)})"]
+    if not isinstance(ylds, list) or any(y not in classes for y in ylds):
+        return [f"{where}: {name}.yields_to must be a list of threat classes ({', '.join(classes)})"]
     threat = name.removeprefix("classes.")
-    if threat not in THREAT_CLASSES:
+    if threat not in classes:
         return [f"{where}: {name}.yields_to: set it per class (classes.<class>.yields_to), not for all"] if ylds else []
     # classify writes a clip's alert items in class order; notify may read the clip before a later class's
     # item exists, so a class can only reliably yield to one written before it
-    later = [y for y in ylds if THREAT_CLASSES.index(y) >= THREAT_CLASSES.index(threat)]
+    later = [y for y in ylds if classes.index(y) >= classes.index(threat)]
     if later:
         return [f"{where}: {name}.yields_to: {later} come(s) after {threat} in the class order "
-                f"({', '.join(THREAT_CLASSES)}); a class can only yield to one before it"]
+                f"({', '.join(classes)}); a class can only yield to one before it"]
     return []
 
 
-def validate_override(raw: Any, where: str = "policy") -> list[str]:
-    """Problems with a policy (file or a site's override), as sentences; empty when it is fine."""
+def validate_override(raw: Any, where: str = "policy", classes: Sequence[str] | None = None, *,
+                      file: bool = False) -> list[str]:
+    """Problems with a policy (``file``: the policy file; else a site's override), as sentences; empty
+    when it is fine. ``classes``: the threat classes in the order classify writes them; by default the
+    policy file's (:func:`policy_classes`), which :func:`check_against_card` holds to the card's order."""
     if raw is None:
         return []
     if not isinstance(raw, Mapping):
         return [f"{where}: expected a mapping with 'defaults' and/or 'classes'"]
     unknown = set(raw) - {"defaults", "classes"}
     extra = [f"{where}: unknown section(s) {sorted(unknown)}"] if unknown else []
-    return extra + _check(raw, where)
+    order = tuple(classes) if classes is not None else policy_classes()
+    return extra + _check(raw, where, order, file)
+
+
+_policy_file: str | None = None  # POLICY_FILE, set from the settings (runtime.settings) at cold start
+
+
+def use_policy_file(path: str | None) -> None:
+    """The policy file :func:`load_policy` reads when given none (``None``: the shipped policy.yaml)."""
+    global _policy_file
+    if path != _policy_file:
+        _policy_file = path
+        forget_policy()
+
+
+def forget_policy() -> None:
+    """Read the policy file again at its next use."""
+    _read_policy.cache_clear()
+
+
+def load_policy(path: str | None = None) -> dict[str, Any]:
+    return _read_policy(str(path or _policy_file or DEFAULT_POLICY))
 
 
 @functools.cache
-def load_policy(path: str | None = None) -> dict[str, Any]:
-    p = Path(path or os.environ.get("POLICY_FILE") or DEFAULT_POLICY)
+def _read_policy(path: str) -> dict[str, Any]:
+    p = Path(path)
     raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    problems = validate_override(raw, str(p))
+    own = tuple(raw.get("classes") or {}) if isinstance(raw, Mapping) else ()
+    problems = validate_override(raw, str(p), own, file=True)
     if problems:
         raise PolicyError("; ".join(problems))
     return dict(raw)
+
+
+def policy_classes(policy: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """The classes the policy file names, in its order (the model card's: :func:`check_against_card`)."""
+    pol = policy if policy is not None else load_policy()
+    return tuple(pol.get("classes") or {})
+
+
+def check_against_card(policy: Mapping[str, Any], card_classes: Sequence[str]) -> list[str]:
+    """Problems between the policy file and the model card's threat classes (in the card's order).
+    classify writes a clip's alert items in the card's order, and ``yields_to`` (checked against the
+    file's order, in site overrides too) can rely only on items written before: so the classes both
+    name must come in the same order. A card class the file does not name gets the defaults."""
+    ours = [c for c in policy_classes(policy) if c in card_classes]
+    theirs = [c for c in card_classes if c in ours]
+    if ours != theirs:
+        return [f"policy: classes come in the order {', '.join(ours)}; the model card's is "
+                f"{', '.join(theirs)} (the order classify writes alert items in): list them in the card's order"]
+    return []
+
+
+def class_traits(threat: str, policy: Mapping[str, Any] | None = None) -> ClassTraits:
+    """What ``threat`` is, from the policy file (its defaults, then its class): the same at every site."""
+    pol = policy if policy is not None else load_policy()
+    merged: dict[str, Any] = {}
+    for layer in (pol.get("defaults"), (pol.get("classes") or {}).get(threat)):
+        merged = _merge(merged, layer)
+    fa = merged.get("false_alarm_confirm_s")
+    return ClassTraits(threat=threat, names=dict(merged.get("names") or {}),
+                       audio_link=bool(merged.get("audio_link", True)), retention=merged.get("retention"),
+                       false_alarm_confirm_s=None if fa is None else float(fa))
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -181,11 +289,6 @@ def class_policy(threat: str, site: Mapping[str, Any] | None = None,
         still_hearing_after_s=float(merged.get("still_hearing_after_s", 900)),
         yields_to=tuple(merged.get("yields_to") or ()),
     )
-
-
-def parse_time(iso: str) -> datetime:
-    """UTC ISO 8601 as the store writes it (``...Z``, with or without fractions) -> aware datetime."""
-    return datetime.fromisoformat(iso.replace("Z", "+00:00"))
 
 
 def windows_within(events: Iterable[Mapping[str, Any]], within_s: float) -> int:
@@ -241,8 +344,8 @@ def evaluate(alert: Alert, cp: ClassPolicy, clip_events: list[dict[str, Any]],
                                                  "scope": "clip"}))
         return Verdict(True, trace)
     if cp.confirm.across_clips and earlier_alerts and alert.recorded_at:
-        here = parse_time(alert.recorded_at)
-        seq = [{"t": (parse_time(str(a.recorded_at)) - here).total_seconds() + (a.first_s or 0),
+        here = clock.parse_time(alert.recorded_at)
+        seq = [{"t": (clock.parse_time(str(a.recorded_at)) - here).total_seconds() + (a.first_s or 0),
                 "n": a.alerting_windows} for a in earlier_alerts]
         seq.append({"t": alert.first_s or 0, "n": alert.alerting_windows})
         across = windows_within(seq, span)
@@ -261,5 +364,5 @@ def evaluate(alert: Alert, cp: ClassPolicy, clip_events: list[dict[str, Any]],
 def span_start(alert: Alert, cp: ClassPolicy) -> str:
     """The earliest ``recorded_at`` an earlier clip of the device may have to count towards confirmation:
     the span, plus room for that clip's own length (its alert is placed at its first alerting window)."""
-    here = parse_time(str(alert.recorded_at))
-    return (here - timedelta(seconds=cp.confirm.within_s + EARLIER_CLIP_SLACK_S)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    here = clock.parse_time(str(alert.recorded_at))
+    return clock.iso(here - timedelta(seconds=cp.confirm.within_s + EARLIER_CLIP_SLACK_S))

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from sentinela.adapters.audio import AudioInfo, Source, windows
-from sentinela.adapters.model import Model
 from sentinela.domain.activity import MIN_SAMPLE_RATE
 from sentinela.domain.detect import ClipResult, Detector
+from sentinela.domain.scoring import ThreatModel
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,14 @@ class ClipOutcome:
 
 
 def classify_source(
-    src: Source, model: Model, *, max_seconds: float | None = None, batch_size: int = 8
+    src: Source, model: ThreatModel, *, max_seconds: float | None = None, batch_size: int = 8
 ) -> ClipOutcome:
     """Raises :class:`sentinela.adapters.audio.AudioError` with a specific reason for audio it cannot use."""
     t0 = time.perf_counter()
     card = model.card
     wins = windows(src, sample_rate=card.sample_rate, window=card.window_samples, hop=card.hop_samples,
                    max_seconds=max_seconds)
-    det = Detector(card, model.threat_names)
+    det = Detector.for_model(model)
     audible = wins.info.sample_rate >= MIN_SAMPLE_RATE
     # A file below MIN_SAMPLE_RATE carries nothing audible: its windows go to the model as silence, so
     # they score nothing, and the clip is still processed and recorded (flag no_audible_band).

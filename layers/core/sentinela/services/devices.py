@@ -12,10 +12,9 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from sentinela.adapters.store import now_iso
+from sentinela.domain import clock
 from sentinela.domain.keys import BadKey, make_key
 from sentinela.domain.repositories import DeviceRepository
 
@@ -77,7 +76,7 @@ def verify_secret(secret: str, stored: dict[str, Any]) -> bool:
 def check_ids(site_id: str, device_id: str) -> None:
     """Ids go into S3 keys: the same rules as :mod:`sentinela.domain.keys`."""
     try:
-        make_key(site_id, device_id, datetime.now(UTC), "flac")
+        make_key(site_id, device_id, clock.now(), "flac")
     except BadKey as exc:
         raise DeviceError(str(exc)) from exc
 
@@ -100,7 +99,7 @@ def add_device(store: DeviceRepository, site_id: str, device_id: str, cadence_s:
         raise DeviceError(f"cadence must be a positive number of seconds, got {cadence_s}")
     secret = new_secret()
     item = {"site_id": site_id, "device_id": device_id, "cadence_s": int(cadence_s), "status": "active",
-            "created_at": now_iso()} | hash_secret(secret)
+            "created_at": clock.stamp()} | hash_secret(secret)
     if not store.put_device(item):
         raise DeviceError(f"device {device_id} is already active at site {site_id} "
                           f"(`sentinela devices revoke {site_id} {device_id}` first to issue a new secret)")
@@ -116,7 +115,7 @@ def locate_device(store: DeviceRepository, site_id: str, device_id: str, lat: fl
 
 
 def revoke_device(store: DeviceRepository, site_id: str, device_id: str) -> None:
-    if not store.revoke_device(site_id, device_id, now_iso()):
+    if not store.revoke_device(site_id, device_id, clock.stamp()):
         raise DeviceError(f"no device {device_id} at site {site_id}")
 
 

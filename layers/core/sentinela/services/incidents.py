@@ -12,23 +12,23 @@ Replies by SMS move the incident: open -> acknowledged -> resolved | false_alarm
 
 Every send is claimed per (incident, channel, ranger, step) before it goes out (``Store.claim_send``), so a
 redelivered stream batch or a re-run sweep never texts anyone twice. The clock is :func:`utcnow`
-(``SENTINELA_NOW`` pins it, for tests and replays) or the ``now`` argument.
+(:mod:`sentinela.domain.clock`; tests and replays pin it) or the ``now`` argument.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import unicodedata
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sentinela.adapters.metrics import MetricSink, NullMetrics
+from sentinela.domain import clock
 from sentinela.domain.alert import Alert
 from sentinela.domain.channel import ChannelError, DeliveryReport, Sender, channel_metric
 from sentinela.domain.messages import (
@@ -40,7 +40,15 @@ from sentinela.domain.messages import (
     render_update,
 )
 from sentinela.domain.phone import mask_phone
-from sentinela.domain.policy import ClassPolicy, Step, class_policy, evaluate, parse_time, policy_limit, span_start
+from sentinela.domain.policy import (
+    ClassPolicy,
+    Step,
+    class_policy,
+    class_traits,
+    evaluate,
+    policy_limit,
+    span_start,
+)
 from sentinela.domain.repositories import Repositories
 from sentinela.services.roster import is_on_call
 
@@ -51,21 +59,8 @@ CLOSED = ("resolved", "false_alarm")
 ACK_WORDS = {"1", "SI", "VOY", "YES", "Y", "OK"}
 FALSE_WORDS = {"2", "FALSA", "FALSE", "NO"}
 RESOLVE_WORDS = {"3", "FIN", "RESUELTO", "RESOLVED", "DONE"}
-NO_AUDIO_LINK = {"human_voice"}  # privacy: people's voices are never sent out as links
-# A "2" on these classes closes the incident only when the same ranger sends a second "2" within this
-# many seconds: a slip of the thumb must not silence a gunshot.
-FALSE_ALARM_CONFIRM_S = {"gunshot": 600}
 REPLY_MEMORY_S = 30 * 24 * 3600  # how long a reply's message id is remembered (channels retry within minutes)
 _REF = re.compile(r"^[0-9A-F]{6}$")
-
-
-def utcnow() -> datetime:
-    pinned = os.environ.get("SENTINELA_NOW")
-    return parse_time(pinned) if pinned else datetime.now(UTC)
-
-
-def iso(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def incident_ref(incident_id: str) -> str:
@@ -132,7 +127,7 @@ class IncidentService:
     # --- alerts ---------------------------------------------------------------------------------
     def on_alert(self, alert: Alert, now: datetime | None = None) -> NotifyResult:
         res = NotifyResult()
-        at = now or utcnow()
+        at = now or clock.now()
         site = self.store.get_site(alert.site_id) or {"site_id": alert.site_id}
         cp = class_policy(alert.threat, site, self.policy)
         link = self.store.incident_link(alert.clip_id, alert.threat)
@@ -199,13 +194,13 @@ class IncidentService:
                 trace: list[Step]) -> tuple[str, dict[str, Any] | None]:
         """Join the site's open incident for the group, or open one. Race-free: both are transactions,
         and losing a race (another clip opened it first, or it closed meanwhile) means looking again."""
-        heard = str(alert.recorded_at or iso(at))
+        heard = str(alert.recorded_at or clock.iso(at))
         for _ in range(5):
             slot = self.store.open_slot(alert.site_id, cp.group)
             current = self.store.get_incident(str(slot["incident_id"])) if slot else None
             why_new = "no open incident"
             if current is not None:
-                gap = (parse_time(heard) - parse_time(str(current["last_heard"]))).total_seconds()
+                gap = (clock.parse_time(heard) - clock.parse_time(str(current["last_heard"]))).total_seconds()
                 if current["state"] not in ACTIVE:
                     why_new = f"incident {current['ref']} is {current['state']}"
                 elif gap > cp.window_s:
@@ -236,15 +231,15 @@ class IncidentService:
         stamp = heard.replace("-", "").replace(":", "")[:16]
         tail = hashlib.sha1(f"{alert.clip_id}|{alert.threat}".encode()).hexdigest()[:6]
         iid = f"{alert.site_id}/{cp.group}/{stamp}-{tail}"
-        due = iso(at + timedelta(seconds=cp.escalation_delay_s))
+        due = clock.iso(at + timedelta(seconds=cp.escalation_delay_s))
         return {
             "incident_id": iid, "ref": incident_ref(iid), "site_id": alert.site_id,
             "site_name": site.get("name") or alert.site_id, "group": cp.group, "threat": alert.threat,
-            "state": "open", "opened_at": iso(at), "first_heard": heard, "last_heard": heard,
+            "state": "open", "opened_at": clock.iso(at), "first_heard": heard, "last_heard": heard,
             "alerts": 1, "max_confidence": alert.confidence, "confidence": alert.confidence,
             "opened_by": alert.member_id, "device_id": alert.device_id,
             "escalation_level": 0, "escalate_at": due, "gsi1pk": "ESCALATE", "gsi1sk": f"{due}#{iid}",
-            "policy": cp.as_dict(), "trace": [f"{iso(at)} opened: {why}"],
+            "policy": cp.as_dict(), "trace": [f"{clock.iso(at)} opened: {why}"],
         }
 
     # --- texting --------------------------------------------------------------------------------
@@ -282,7 +277,7 @@ class IncidentService:
             log.warning("no on-call ranger for site %s: nobody texted", incident["site_id"],
                         extra={"incident_id": incident["incident_id"], "step": "open", "status": "no_ranger"})
             self.store.update_incident(incident["incident_id"], {}, append_trace=[
-                f"{iso(at)} nobody on call at {incident['site_id']}: no SMS; escalation will retry"])
+                f"{clock.iso(at)} nobody on call at {incident['site_id']}: no SMS; escalation will retry"])
             return
         queue, tried = list(first), {r["ranger_id"] for r in first} | {
             r["ranger_id"] for r in rangers if r.get("number_invalid")}
@@ -291,7 +286,8 @@ class IncidentService:
             r = queue.pop(0)
             body = render_alert(alert, dict(site), r.get("lang", "es"), str(incident["ref"]), device, at)
             status = self._text(incident, r, "open", body, res)
-            if status == "sent" and self.presign and alert.threat not in NO_AUDIO_LINK:
+            # audio_link false (human_voice): privacy, people's voices are never sent out as links
+            if status == "sent" and self.presign and class_traits(alert.threat, self.policy).audio_link:
                 link = self._audio_link(alert)
                 if link:
                     self._text(incident, r, "audio", render_audio_link(str(incident["ref"]), link,
@@ -302,7 +298,8 @@ class IncidentService:
                     tried.add(nxt["ranger_id"])
                     queue.append(nxt)
                     self.store.update_incident(incident["incident_id"], {}, append_trace=[
-                        f"{iso(at)} {r['ranger_id']}'s number failed permanently: texting {nxt['ranger_id']} ({why})"])
+                        f"{clock.iso(at)} {r['ranger_id']}'s number failed permanently: "
+                        f"texting {nxt['ranger_id']} ({why})"])
 
     def _device(self, site_id: Any, device_id: Any) -> dict[str, Any] | None:
         """The recorder's registry item (its coordinates place the map link); None when unregistered."""
@@ -343,7 +340,7 @@ class IncidentService:
         record = {"to": to, "body": body, "ranger_id": rid, "step": step, "incident_id": incident["incident_id"],
                   "ref": incident["ref"], "site_id": incident["site_id"], "threat": incident["threat"],
                   "lang": ranger.get("lang", "es"),
-                  "gsi1pk": f"TO#{to}", "gsi1sk": f"{iso(utcnow())}#{incident['incident_id']}"}
+                  "gsi1pk": f"TO#{to}", "gsi1sk": f"{clock.iso(clock.now())}#{incident['incident_id']}"}
         if not self.store.claim_send(pk, channel.name, rid, step, record):
             res.skipped.append(rid)
             return "skipped"
@@ -376,7 +373,7 @@ class IncidentService:
         """One "still hearing it" update per incident, for a detection after the quiet interval."""
         me = alert.member_id
         heard = str(alert.recorded_at or incident["last_heard"])
-        since = (parse_time(heard) - parse_time(str(incident["first_heard"]))).total_seconds()
+        since = (clock.parse_time(heard) - clock.parse_time(str(incident["first_heard"]))).total_seconds()
         if incident.get("update_by") not in (None, me):
             return
         if incident.get("update_by") is None:
@@ -407,9 +404,9 @@ class IncidentService:
 
     # --- escalation -----------------------------------------------------------------------------
     def escalate_due(self, now: datetime | None = None) -> EscalationResult:
-        at = now or utcnow()
+        at = now or clock.now()
         out = EscalationResult()
-        for inc in self.store.incidents_due(iso(at)):
+        for inc in self.store.incidents_due(clock.iso(at)):
             out.checked += 1
             iid = str(inc["incident_id"])
             if inc.get("state") != "open":  # acknowledged or closed: leave the escalation index
@@ -436,7 +433,7 @@ class IncidentService:
                 if target is None:
                     break
                 tried.add(target["ranger_id"])
-                minutes = round((at - parse_time(str(inc["opened_at"]))).total_seconds() / 60)
+                minutes = round((at - clock.parse_time(str(inc["opened_at"]))).total_seconds() / 60)
                 body = render_escalation(inc, site, target.get("lang", "es"), minutes,
                                          self._device(inc.get("site_id"), inc.get("device_id")))
                 status = self._text(inc, target, step, body, res)
@@ -449,18 +446,18 @@ class IncidentService:
             if target is None:
                 self.store.update_incident(iid, {"escalation": "exhausted"}, remove=("gsi1pk", "gsi1sk"),
                                            expect={"state": "open", "escalation_level": level},
-                                           append_trace=[f"{iso(at)} escalation: nobody left to text"])
+                                           append_trace=[f"{clock.iso(at)} escalation: nobody left to text"])
                 # Nobody acknowledged and nobody is left to text: ops must hear of it (an alarm).
                 self.metrics.add_metric("EscalationExhausted", "Count", 1)
                 log.warning("escalation exhausted: nobody left to text", extra={
                     "incident_id": iid, "step": step, "status": "exhausted", "threat": inc.get("threat")})
                 out.exhausted.append(iid)
                 continue
-            due = iso(at + timedelta(seconds=cp.escalation_delay_s))
+            due = clock.iso(at + timedelta(seconds=cp.escalation_delay_s))
             self.store.update_incident(
                 iid, {"escalation_level": level + 1, "escalate_at": due, "gsi1sk": f"{due}#{iid}"},
                 expect={"state": "open", "escalation_level": level},
-                append_trace=[f"{iso(at)} escalated ({step}) to {target['ranger_id']} ({why}): "
+                append_trace=[f"{clock.iso(at)} escalated ({step}) to {target['ranger_id']} ({why}): "
                               f"no acknowledgement {cp.escalation_delay_s:g} s after the last text"])
             self.metrics.add_metric("IncidentsEscalated", "Count", 1)
             log.info("escalated", extra={"incident_id": iid, "step": step, "status": status,
@@ -489,10 +486,10 @@ class IncidentService:
 
         With the channel's ``message_id`` the reply acts at most once: a replayed or retried webhook (same
         signed POST) gets the first answer again and changes nothing."""
-        at = now or utcnow()
+        at = now or clock.now()
         if not message_id:
             return self._reply(phone, body, at)
-        claim = {"from_masked": mask_phone(phone), "body": body.strip()[:160], "received_at": iso(at)}
+        claim = {"from_masked": mask_phone(phone), "body": body.strip()[:160], "received_at": clock.iso(at)}
         if not self.store.claim_reply(message_id, claim, int(at.timestamp()) + REPLY_MEMORY_S):
             prior = self.store.get_reply(message_id) or {}
             self.metrics.add_metric("RepliesReplayed", "Count", 1)
@@ -506,7 +503,8 @@ class IncidentService:
         except Exception:
             self.store.release_reply(message_id)
             raise
-        self.store.finish_reply(message_id, {"answer": answer, "answered_at": iso(utcnow()), "reply_status": "done"})
+        self.store.finish_reply(message_id, {"answer": answer, "answered_at": clock.iso(clock.now()),
+                                             "reply_status": "done"})
         return answer
 
     def _incident_by_ref(self, phone: str, ref: str) -> dict[str, Any] | None:
@@ -521,11 +519,16 @@ class IncidentService:
         return next((inc for inc in self._active_incidents_texted(phone)
                      if inc.get("false_pending_phone") == phone and self._pending_fresh(inc, at)), None)
 
-    @staticmethod
-    def _pending_fresh(inc: Mapping[str, Any], at: datetime) -> bool:
-        window = FALSE_ALARM_CONFIRM_S.get(str(inc.get("threat")))
+    def _false_alarm_confirm_s(self, inc: Mapping[str, Any]) -> float | None:
+        """A "2" on this class closes the incident only with a second "2" from the same ranger within
+        this many seconds (the policy's false_alarm_confirm_s: a slip of the thumb must not silence a
+        gunshot); None: the first "2" closes it."""
+        return class_traits(str(inc.get("threat")), self.policy).false_alarm_confirm_s
+
+    def _pending_fresh(self, inc: Mapping[str, Any], at: datetime) -> bool:
+        window = self._false_alarm_confirm_s(inc)
         pending = inc.get("false_pending_at")
-        return bool(window and pending and 0 <= (at - parse_time(str(pending))).total_seconds() <= window)
+        return bool(window and pending and 0 <= (at - clock.parse_time(str(pending))).total_seconds() <= window)
 
     def _reply(self, phone: str, body: str, at: datetime) -> str:
         rangers = self.store.rangers_by_phone(phone)
@@ -547,7 +550,7 @@ class IncidentService:
         who, ref, iid = str(ranger["ranger_id"]), str(inc["ref"]), str(inc["incident_id"])
         if inc["state"] in CLOSED:  # named, or closed meanwhile: nothing moves, and the ranger is told so
             return render_note("closed", lang, ref=ref, state=str(inc["state"]))
-        note = f"{iso(at)} reply from {who}: {body.strip()[:40]!r}"
+        note = f"{clock.iso(at)} reply from {who}: {body.strip()[:40]!r}"
         if code is None:
             self.store.update_incident(iid, {}, append_trace=[note + " -> help text"])
             return render_reply("help", lang, ref=ref)
@@ -556,7 +559,7 @@ class IncidentService:
                 return render_reply("already", lang, ref=ref, name=str(inc.get("acknowledged_by_name", "")))
             ok = self.store.update_incident(iid, {"state": "acknowledged", "acknowledged_by": who,
                                                   "acknowledged_by_name": ranger.get("name", who),
-                                                  "acknowledged_at": iso(at)},
+                                                  "acknowledged_at": clock.iso(at)},
                                             remove=("gsi1pk", "gsi1sk"), expect={"state": "open"},
                                             append_trace=[note + " -> acknowledged"])
             if not ok:
@@ -565,27 +568,27 @@ class IncidentService:
             self._tell_others(inc, ranger, phone, at)
             return render_reply("acknowledged", lang, ref=ref, name=str(ranger.get("name", who)))
         expect: dict[str, Any] = {"state": ACTIVE}
-        if code == "false_alarm" and str(inc["threat"]) in FALSE_ALARM_CONFIRM_S:
-            window = FALSE_ALARM_CONFIRM_S[str(inc["threat"])]
+        window = self._false_alarm_confirm_s(inc) if code == "false_alarm" else None
+        if window:
             if not (inc.get("false_pending_phone") == phone and self._pending_fresh(inc, at)):
                 # A slip of the thumb must not silence a gunshot: the first 2 only asks for a second one.
                 ok = self.store.update_incident(
-                    iid, {"false_pending_phone": phone, "false_pending_by": who, "false_pending_at": iso(at)},
+                    iid, {"false_pending_phone": phone, "false_pending_by": who, "false_pending_at": clock.iso(at)},
                     expect={"state": ACTIVE},
-                    append_trace=[note + f" -> false alarm asked: waiting for a second 2 within {window} s"])
+                    append_trace=[note + f" -> false alarm asked: waiting for a second 2 within {window:g} s"])
                 if not ok:
                     return self._answer_changed(iid, phone, body, at, lang)
                 return render_note("confirm_false", lang, ref=ref, threat=str(inc["threat"]),
                                    minutes=round(window / 60))
             expect["false_pending_at"] = inc["false_pending_at"]
-        ok = self.store.update_incident(iid, {"state": code, "closed_by": who, "closed_at": iso(at)},
+        ok = self.store.update_incident(iid, {"state": code, "closed_by": who, "closed_at": clock.iso(at)},
                                         remove=("gsi1pk", "gsi1sk"), expect=expect,
                                         append_trace=[note + f" -> {code}"])
         if not ok:
             return self._answer_changed(iid, phone, body, at, lang)
         if code == "false_alarm":
             for m in self.store.incident_members(iid):
-                self.store.label_clip(str(m["clip_id"]), "false_alarm", who, iso(at), iid)
+                self.store.label_clip(str(m["clip_id"]), "false_alarm", who, clock.iso(at), iid)
             self.metrics.add_metric("IncidentsFalseAlarm", "Count", 1)
         else:
             self.metrics.add_metric("IncidentsResolved", "Count", 1)
@@ -615,7 +618,7 @@ class IncidentService:
             self._text(inc, r, "ack_note", body, res)
         if res.sent or res.failed:
             self.store.update_incident(iid, {}, append_trace=[
-                f"{iso(at)} told {len(res.sent)} other ranger(s) that {ranger['ranger_id']} is on the way"
+                f"{clock.iso(at)} told {len(res.sent)} other ranger(s) that {ranger['ranger_id']} is on the way"
                 + (f"; {len(res.failed)} note(s) failed" if res.failed else "")])
 
     def delivery_status(self, report: DeliveryReport) -> bool:

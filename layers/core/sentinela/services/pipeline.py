@@ -22,13 +22,15 @@ from botocore.exceptions import ClientError
 
 from sentinela.adapters.audio import AudioError
 from sentinela.adapters.metrics import MetricSink, NullMetrics, add_dimensioned_metric
-from sentinela.adapters.model import Model
-from sentinela.adapters.store import ClipRef, clip_id_for, now_iso
+from sentinela.adapters.store import ClipRef, clip_id_for
+from sentinela.domain import clock
 from sentinela.domain.alert import Alert
 from sentinela.domain.detect import AlertDecision
 from sentinela.domain.keys import BadKey, decode_event_key, parse_key
 from sentinela.domain.phone import mask_numbers
+from sentinela.domain.policy import class_traits
 from sentinela.domain.repositories import ClipsAndDevices
+from sentinela.domain.scoring import ThreatModel
 from sentinela.services.classify import classify_source
 
 _TAG_SAFE = re.compile(r"[^A-Za-z0-9 +\-=._:/@]")
@@ -43,7 +45,7 @@ def alert_for(ref: ClipRef, decision: AlertDecision, model_id: str, duration_s: 
                  threshold=decision.threshold, quiet_threshold=decision.quiet_threshold,
                  alerting_windows=decision.alerting_windows, first_s=decision.first_s, reason=decision.reason,
                  bucket=ref.bucket, key=ref.key, version_id=ref.version_id, model_id=model_id,
-                 duration_s=duration_s, created_at=now_iso())
+                 duration_s=duration_s, created_at=clock.stamp())
 
 
 @dataclass
@@ -64,7 +66,7 @@ TIMEOUT_MARGIN_S = 10.0
 
 
 class ClassifyService:
-    def __init__(self, store: ClipsAndDevices, s3: Any, model: Model, *, max_bytes: int, max_seconds: float,
+    def __init__(self, store: ClipsAndDevices, s3: Any, model: ThreatModel, *, max_bytes: int, max_seconds: float,
                  batch_size: int = 8, metrics: MetricSink | None = None, max_attempts: int = 3) -> None:
         self.store, self.s3, self.model = store, s3, model
         self.max_bytes, self.max_seconds, self.batch_size = max_bytes, max_seconds, batch_size
@@ -90,7 +92,7 @@ class ClassifyService:
         self._seen(ck.site_id, ck.device_id, key)
         if size is not None and size > self.max_bytes:
             return self._reject(ref, f"object is {size / 1e6:.1f} MB, over the {self.max_bytes / 1e6:.0f} MB cap")
-        attempt = self.store.mark_processing(ref, now_iso())
+        attempt = self.store.mark_processing(ref, clock.stamp())
         watchdog = self._watchdog(ref, attempt, remaining_s)
         try:
             return self._classify(ref, ck.ext, version_id, attempt)
@@ -158,11 +160,11 @@ class ClassifyService:
                                       batch_size=self.batch_size)
             except AudioError as exc:
                 return self._reject(ref, exc.reason)
-        card = self.model.card
-        n = self.store.write_detections(clip_id, out.result.detections, card.model_id)
+        model_id = self.model.model_id
+        n = self.store.write_detections(clip_id, out.result.detections, model_id)
         alerts = []
         for decision in out.result.alerts:
-            self.store.put_alert(alert_for(ref, decision, card.model_id, out.info.duration_s))
+            self.store.put_alert(alert_for(ref, decision, model_id, out.info.duration_s))
             alerts.append(decision.threat)
             self.metrics.add_metric(f"Alerts_{decision.threat}", "Count", 1)
         decisions = [{"threat": d.threat, "alert": d.alert, "confidence": d.confidence,
@@ -175,7 +177,7 @@ class ClassifyService:
             self.store.mark_processed(ref, {
                 "duration_s": out.info.duration_s, "sample_rate": out.info.sample_rate,
                 "channels": out.info.channels, "format": out.info.format, "subtype": out.info.subtype,
-                "model_id": card.model_id, "windows": out.result.windows, "detections": n,
+                "model_id": model_id, "windows": out.result.windows, "detections": n,
                 "threat_detections": sum(1 for d in out.result.detections if d.threat),
                 "max_scores": out.result.max_scores, "alerts": alerts, "flags": notes,
                 "decisions": decisions,
@@ -183,12 +185,12 @@ class ClassifyService:
                 "attempts": attempt,
             })
             quality = [f for f in notes if f in QUALITY_FLAGS]
-            self._tag(ref, "processed", None, voice="human_voice" in alerts, quality=quality)
+            self._tag(ref, "processed", None, retention=self._retention(alerts), quality=quality)
         for flag in quality:
             self.metrics.add_metric(f"ClipQuality_{flag}", "Count", 1)
         self.metrics.add_metric("ClipsProcessed", "Count", 1)
         # Which model (base + head) is deciding now: the dashboard's "model in use" widget.
-        add_dimensioned_metric(self.metrics, "ClipsByModel", "Count", 1, {"model_id": card.model_id})
+        add_dimensioned_metric(self.metrics, "ClipsByModel", "Count", 1, {"model_id": model_id})
         self.metrics.add_metric("AudioSeconds", "Seconds", out.info.duration_s)
         self.metrics.add_metric("ProcessingLatency", "Milliseconds", (time.perf_counter() - t0) * 1000)
         for d in out.result.detections:
@@ -206,18 +208,24 @@ class ClassifyService:
         """The device's last upload, for the silence alarm. Any upload with a valid key counts, broken or
         not: a recorder sending broken files is not silent. Never costs the clip its processing."""
         try:
-            self.store.mark_device_seen(site_id, device_id, now_iso(), key)
+            self.store.mark_device_seen(site_id, device_id, clock.stamp(), key)
         except ClientError:
             self.metrics.add_metric("DeviceSeenFailed", "Count", 1)
 
-    def _tag(self, ref: ClipRef, status: str, reason: str | None, voice: bool = False,
+    @staticmethod
+    def _retention(alerts: list[str]) -> str | None:
+        """The retention tag of the first alerted class that has one (the policy's ``retention``:
+        human_voice's clips are kept for less time); the policy knows one tag, so they never differ."""
+        return next((r for r in (class_traits(t).retention for t in alerts) if r), None)
+
+    def _tag(self, ref: ClipRef, status: str, reason: str | None, retention: str | None = None,
              quality: list[str] | None = None) -> None:
         """Tags let ops find a clip's fate from the bucket itself; a failed tag never fails the clip."""
         tags = [{"Key": "sentinela-status", "Value": status}]
         if reason:
             tags.append({"Key": "sentinela-reason", "Value": _TAG_SAFE.sub("_", reason)[:256]})
-        if voice:
-            tags.append({"Key": "sentinela-retention", "Value": "voice"})
+        if retention:
+            tags.append({"Key": "sentinela-retention", "Value": retention})
         if quality:
             tags.append({"Key": "sentinela-quality", "Value": " ".join(quality)})
         kw: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key, "Tagging": {"TagSet": tags}}

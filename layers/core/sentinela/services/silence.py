@@ -23,6 +23,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sentinela.adapters.metrics import MetricSink, NullMetrics
+from sentinela.domain import clock
 from sentinela.domain.channel import Sender
 from sentinela.domain.phone import mask_phone
 from sentinela.domain.repositories import PeopleAndDevices
@@ -30,14 +31,6 @@ from sentinela.domain.repositories import PeopleAndDevices
 log = logging.getLogger(__name__)
 
 Publish = Callable[[str, str], Any]
-
-
-def parse_iso(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-
-
-def iso(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -106,12 +99,12 @@ class SilenceService:
             if not last_s or reg.get("status") == "revoked":
                 continue
             rep.checked += 1
-            name, last = f"{sid}/{dev}", parse_iso(last_s)
+            name, last = f"{sid}/{dev}", clock.parse_time(last_s)
             episode = seen.get("silence_episode")
             if episode and episode != last_s:  # it uploaded since the alarm: the episode is over
-                if self.store.close_silence(sid, dev, episode, iso(now)):
+                if self.store.close_silence(sid, dev, episode, clock.iso_us(now)):
                     lang, _ = self._lead(site)
-                    self._announce(site, recovery_text(lang, dev, site, parse_iso(episode), last),
+                    self._announce(site, recovery_text(lang, dev, site, clock.parse_time(episode), last),
                                    f"Sentinela: {name} is uploading again")
                     rep.recovered.append(name)
                 continue
@@ -119,7 +112,7 @@ class SilenceService:
             if (now - last).total_seconds() <= cadence * self.missed_uploads:
                 continue
             rep.silent.append(name)
-            if episode or not self.store.open_silence(sid, dev, last_s, iso(now)):
+            if episode or not self.store.open_silence(sid, dev, last_s, clock.iso_us(now)):
                 continue  # already announced (by this episode's first check, or a concurrent one)
             lang, _ = self._lead(site)
             if self._announce(site, silence_text(lang, dev, site, last, now, cadence),
