@@ -5,6 +5,7 @@ devices with coordinates; the recorder-only install runs `sentinela upload` with
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,12 @@ def test_recorder_only_install_runs_upload(tmp_path: Path) -> None:
                            timeout=120)
     assert other.returncode == 2
     assert one_error_line(other.stderr).startswith("error: `sentinela sites` needs ")
+    # Installed without the checkout (no models/card.json): upload still works; what needs the card says so.
+    env = {**os.environ, "MODEL_CARD": str(tmp_path / "no-card.json")}
+    up = subprocess.run([*run, "upload", str(folder), "--endpoint", "http://127.0.0.1:9/uploads", "--site", "s",
+                         "--device", "d", "--secret-file", str(secret), "--json"],
+                        capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
+    assert up.returncode == 0, up.stderr
+    labels = subprocess.run([*run, "labels", "export", "--table", "x", "--out", str(tmp_path / "o")],
+                            capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
+    assert labels.returncode == 2 and "needs the model card" in one_error_line(labels.stderr)

@@ -136,6 +136,8 @@ def _register_extra(sub: Any) -> None:
     rangers (rangers_cli); status and replay (ops_cli); devices and upload (devices_cli); labels (labels_cli)."""
     import importlib
 
+    from sentinela.domain.card import CardError
+
     for name in ("bench", "training.command", "evaluate", "modelgate", "rangers_cli", "ops_cli", "devices_cli",
                  "labels_cli"):
         try:
@@ -147,11 +149,15 @@ def _register_extra(sub: Any) -> None:
             # or onnxruntime): the commands that need it say so instead of breaking `sentinela upload`.
             _unavailable(sub, name, str(exc.name))
             continue
+        except CardError as exc:  # the tools that list the threat classes read them from the model card
+            _unavailable(sub, name, f"the model card ({exc}; MODEL_CARD names another)")
+            continue
         mod.register(sub)
 
 
-_COMMANDS = {"bench": ("bench",), "train": ("train",), "evaluate": ("eval",), "rangers_cli": ("sites", "rangers"),
-             "ops_cli": ("status", "replay"), "devices_cli": ("devices", "upload")}
+_COMMANDS = {"bench": ("bench",), "training.command": ("train",), "evaluate": ("eval",),
+             "modelgate": ("quantgate",), "rangers_cli": ("sites", "rangers"), "ops_cli": ("status", "replay"),
+             "devices_cli": ("devices", "upload"), "labels_cli": ("labels",)}
 
 
 def _unavailable(sub: Any, module: str, missing: str) -> None:
