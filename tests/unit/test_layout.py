@@ -79,6 +79,16 @@ def test_the_domain_imports_only_the_domain() -> None:
     assert not {m: d for m, d in bad.items() if d}
 
 
+def test_the_runtime_imports_run_one_way() -> None:
+    """domain <- adapters <- services <- runtime: an adapter never imports a service, nothing below the
+    wiring imports the wiring (sentinela.runtime)."""
+    bad = {m: sorted(d for d in deps if d.startswith("sentinela.services") or d == "sentinela.runtime")
+           for m, deps in GRAPH.items() if m.startswith("sentinela.adapters")}
+    bad |= {m: sorted(d for d in deps if d == "sentinela.runtime")
+            for m, deps in GRAPH.items() if m.startswith(("sentinela.services", "sentinela.domain"))}
+    assert not {m: d for m, d in bad.items() if d}
+
+
 @pytest.mark.parametrize("handler", sorted((REPO / "functions").glob("*/app.py")), ids=lambda p: p.parent.name)
 def test_handlers_import_only_the_runtime(handler: Path) -> None:
     deps = imported(handler)
