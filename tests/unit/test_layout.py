@@ -96,12 +96,6 @@ def test_handlers_import_only_the_runtime(handler: Path) -> None:
     assert not [d for d in deps if d.startswith("sentinela_tools")]
 
 
-def test_the_incidents_depend_on_the_repository_protocols_not_on_dynamodb() -> None:
-    """IncidentService runs on the in-memory fake in the unit tests: nothing of it may reach for the Store."""
-    for m in ("sentinela.services.incidents", "sentinela.services.notify"):
-        assert "sentinela.adapters.store" not in GRAPH[m], m
-
-
 def test_no_import_cycle() -> None:
     try:
         graphlib.TopologicalSorter(GRAPH).prepare()
@@ -127,3 +121,10 @@ def test_only_the_settings_read_the_environment() -> None:
     files += sorted((REPO / "functions").glob("*/app.py"))
     assert not {str(p.relative_to(REPO)): lines for p in files if (lines := _env_reads(p))}
     assert _env_reads(MODULES["sentinela.config"])  # the check sees an os.environ read where there is one
+
+
+def test_the_services_never_import_the_store() -> None:
+    """They see storage through the repository protocols (sentinela.domain.repositories) only: IncidentService
+    runs on the in-memory fake in the unit tests, and nothing of a service may reach for the Store."""
+    bad = [m for m, deps in GRAPH.items() if m.startswith("sentinela.services") and "sentinela.adapters.store" in deps]
+    assert not bad

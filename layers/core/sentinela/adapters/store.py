@@ -3,7 +3,6 @@ sites, rangers and sent messages; the item shapes are documented in README ("Dat
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
@@ -55,13 +54,6 @@ def conditional(op: Any, **kw: Any) -> bool:
         if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
             return False
         raise
-
-
-def clip_id_for(key: str, version_id: str | None) -> str:
-    """A new object version is a new clip; the same version delivered twice is the same clip."""
-    base = key[len("clips/"):] if key.startswith("clips/") else "badkey/" + hashlib.sha1(key.encode()).hexdigest()[:16]
-    base = base.rsplit(".", 1)[0] if key.startswith("clips/") else base
-    return f"{base}@{version_id}" if version_id and version_id != "null" else base
 
 
 class Store(Repositories):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -110,3 +111,10 @@ def make_key(site_id: str, device_id: str, recorded_at: datetime, ext: str) -> s
     key = f"{PREFIX}/{site_id}/{device_id}/{when.strftime(TIMESTAMP_FORMAT)}.{ext.lower().lstrip('.')}"
     parse_key(key)
     return key
+
+
+def clip_id_for(key: str, version_id: str | None) -> str:
+    """A new object version is a new clip; the same version delivered twice is the same clip."""
+    base = key[len("clips/"):] if key.startswith("clips/") else "badkey/" + hashlib.sha1(key.encode()).hexdigest()[:16]
+    base = base.rsplit(".", 1)[0] if key.startswith("clips/") else base
+    return f"{base}@{version_id}" if version_id and version_id != "null" else base

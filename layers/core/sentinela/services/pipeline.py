@@ -22,11 +22,10 @@ from botocore.exceptions import ClientError
 
 from sentinela.adapters.audio import AudioError
 from sentinela.adapters.metrics import MetricSink, NullMetrics, add_dimensioned_metric
-from sentinela.adapters.store import ClipRef, clip_id_for
 from sentinela.domain import clock
 from sentinela.domain.alert import Alert
 from sentinela.domain.detect import AlertDecision
-from sentinela.domain.keys import BadKey, decode_event_key, parse_key
+from sentinela.domain.keys import BadKey, ClipRef, clip_id_for, decode_event_key, parse_key
 from sentinela.domain.phone import mask_numbers
 from sentinela.domain.policy import class_traits
 from sentinela.domain.repositories import ClipsAndDevices
