@@ -279,3 +279,27 @@ def test_phone_numbers_never_reach_the_logs(stack: LocalStack, store: Store, cap
     logged = caplog.text + capsys.readouterr().out
     assert clip["status"] == "processed" and "+569*****710" in logged  # the failure is logged, masked
     assert "+56900000710" not in logged and "56900000710" not in logged
+
+
+def test_a_clip_killed_mid_way_shows_as_stuck_in_the_status(stack: LocalStack, store: Store) -> None:
+    """The one way a clip can stay `processing`: the process died (out of memory) or DynamoDB refused even
+    the terminal write. Its event is in ClassifyDLQ; `sentinela status` names the clip once classify's
+    attempts are surely over, so ops know which clips to replay."""
+    import datetime as dt
+
+    from sentinela.domain.clock import iso, stamp
+    from sentinela.domain.keys import ClipRef
+
+    seed(store, "fx-stuck", [("ana", "+56900000711", "es")])
+    now = dt.datetime.now(dt.UTC)
+    recorded = iso(now - dt.timedelta(hours=1))
+    cid = f"fx-stuck/rec-1/{recorded.replace('-', '').replace(':', '')}@v1"
+    ref = ClipRef(stack.names["ClipsBucket"], f"clips/{cid.split('@')[0]}.wav", "v1", cid, "fx-stuck", "rec-1",
+                  recorded)
+    store.mark_processing(ref, stamp())  # what classify writes first; then the process was killed
+    (site,) = [s for s in local_status(stack, now)["sites"] if s["site_id"] == "fx-stuck"]
+    assert site["clips_24h"] == {"processing": 1} and site["stuck_processing"] == []  # may still be running
+    later = local_status(stack, now + dt.timedelta(minutes=31))
+    (site,) = [s for s in later["sites"] if s["site_id"] == "fx-stuck"]
+    assert [c["clip_id"] for c in site["stuck_processing"]] == [cid] and site["stuck_processing"][0]["attempts"] == 1
+    assert f"clip {cid} STUCK processing since" in render_status(later)

@@ -26,6 +26,10 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 QUEUES = ("ClassifyDLQ", "NotifyDLQ")
+# classify's 3 attempts (300 s each) with Lambda's retry delays between them are over within ~20 min: a clip
+# still "processing" after this was killed mid-way (out of memory) or could not record its end (DynamoDB
+# refusing every write); its event is in ClassifyDLQ, and `sentinela replay` runs it again.
+STUCK_AFTER = dt.timedelta(minutes=30)
 ALERT_FILTER_EVENT = "INSERT"
 
 
@@ -219,7 +223,12 @@ def status_report(store: Any, sqs: Any, queue_urls: dict[str, str], now: dt.date
         devices = sorted(({"device_id": i["device_id"], "last_upload_at": i.get("last_upload_at"),
                            "uploads": i.get("uploads", 0), "silent_since": i.get("silence_episode")}
                           for i in items if i.get("type") == "device_seen"), key=lambda d: d["device_id"])
-        clips = Counter(c.get("status", "?") for c in store.clips_since(sid, since))
+        recent = store.clips_since(sid, since)
+        clips = Counter(c.get("status", "?") for c in recent)
+        stale = (now - STUCK_AFTER).strftime("%Y-%m-%dT%H:%M:%S")
+        stuck = sorted((c for c in recent if c.get("status") == "processing"
+                        and str(c.get("updated_at") or c.get("received_at") or "") < stale),
+                       key=lambda c: str(c.get("updated_at") or ""))
         incidents = []
         for slot in (i for i in items if i.get("type") == "incident_slot" and i.get("incident_id")):
             inc = store.incident_item(slot["incident_id"]) or {}
@@ -227,7 +236,10 @@ def status_report(store: Any, sqs: Any, queue_urls: dict[str, str], now: dt.date
                 incidents.append({k: inc.get(k, slot.get(k)) for k in
                                   ("incident_id", "state", "threat", "opened_at", "group")})
         sites.append({"site_id": sid, "name": site.get("name", sid), "devices": devices,
-                      "clips_24h": dict(sorted(clips.items())), "open_incidents": incidents})
+                      "clips_24h": dict(sorted(clips.items())), "open_incidents": incidents,
+                      "stuck_processing": [{"clip_id": c.get("clip_id"), "key": c.get("key"),
+                                            "since": c.get("updated_at") or c.get("received_at"),
+                                            "attempts": c.get("attempts")} for c in stuck]})
     bad_keys = Counter(c.get("status", "?") for c in store.unsited_clips(since))
     dead = {}
     for q, url in queue_urls.items():
@@ -250,6 +262,11 @@ def render_status(rep: dict[str, Any]) -> str:
                          f"{silent}")
         if not s["devices"]:
             lines.append("  no uploads seen")
+        for c in s.get("stuck_processing", [])[:10]:
+            lines.append(f"  clip {c['clip_id']} STUCK processing since {c['since']} ({c['attempts']} attempt(s)): "
+                         "its event is in ClassifyDLQ (sentinela replay)")
+        if len(s.get("stuck_processing", [])) > 10:
+            lines.append(f"  ... and {len(s['stuck_processing']) - 10} more clips stuck processing")
         for i in s["open_incidents"]:
             lines.append(f"  open incident {i['incident_id']}: {i.get('threat')} {i.get('state')} "
                          f"since {i.get('opened_at')}")
