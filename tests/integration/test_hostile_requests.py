@@ -155,6 +155,30 @@ def test_unknown_device_and_wrong_secret_cost_the_same(stack: LocalStack, store:
     assert answers[0] == answers[1] == (401, {"error": "unauthorized", "reason": "unknown device or wrong secret"})
 
 
+def test_a_stranger_cannot_lock_a_recorder_out(stack: LocalStack, store: Store,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wrong secrets from one address lock out that address for the device, not the recorder elsewhere;
+    guessing from many addresses meets the device's ceiling (UPLOAD_FAILED_ATTEMPTS_PER_DEVICE_ALL)."""
+    monkeypatch.setenv("UPLOAD_FAILED_ATTEMPTS_WINDOW_S", str(10**9))  # one window for the whole test
+    monkeypatch.setenv("UPLOAD_FAILED_ATTEMPTS_PER_DEVICE_ALL", "30")
+    runtime.reset()  # settings are read once per container: this is a new one
+    secret = devices.add_device(store, SITE, "rec-7")
+    svc = runtime.presign_service()
+
+    def ask(secret_: str, ip: str) -> tuple[int, str]:
+        ans = svc.handle(json.loads(_upload(secret_, device="rec-7")), ip)
+        return ans.status, str(ans.body.get("reason", ""))
+
+    assert [ask("wrong", "203.0.113.9")[0] for _ in range(10)] == [401] * 10
+    status, reason = ask(secret, "203.0.113.9")
+    assert status == 429 and "device rec-7 from this address" in reason  # the stranger's address is locked
+    assert ask(secret, "198.51.100.7")[0] == 200  # the recorder, from its own address, is not
+    for i in range(20):  # 10 + 20 = 30 wrong secrets for rec-7, from 21 addresses
+        assert ask("wrong", f"192.0.2.{i}")[0] == 401
+    status, reason = ask(secret, "198.51.100.7")
+    assert status == 429 and "device rec-7 from all addresses" in reason
+
+
 def test_failed_attempts_are_limited_per_device_and_per_address(stack: LocalStack, store: Store,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("UPLOAD_FAILED_ATTEMPTS_WINDOW_S", str(10**9))  # one window for the whole test

@@ -77,6 +77,7 @@ class Settings:
     upload_rate_per_minute: int
     upload_failures_per_device: int
     upload_failures_per_ip: int
+    upload_failures_per_device_all: int
     upload_failure_window_s: int
     # silence alarm
     silence_default_cadence_s: float
@@ -135,6 +136,7 @@ class Settings:
             upload_rate_per_minute=number("UPLOAD_RATE_PER_MINUTE", 30, int, 1),
             upload_failures_per_device=number("UPLOAD_FAILED_ATTEMPTS_PER_DEVICE", 10, int, 1),
             upload_failures_per_ip=number("UPLOAD_FAILED_ATTEMPTS_PER_IP", 20, int, 1),
+            upload_failures_per_device_all=number("UPLOAD_FAILED_ATTEMPTS_PER_DEVICE_ALL", 100, int, 1),
             upload_failure_window_s=number("UPLOAD_FAILED_ATTEMPTS_WINDOW_S", 600, int, 1),
             silence_default_cadence_s=number("SILENCE_DEFAULT_CADENCE_S", 3600.0, float, 1),
             silence_missed_uploads=number("SILENCE_MISSED_UPLOADS", 2.0, float, 1),

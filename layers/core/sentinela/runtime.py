@@ -152,7 +152,8 @@ def _twilio_secret() -> Any:
 # --- presign (recorder uploads) -----------------------------------------------------------------
 def presign_service(metrics: MetricSink | None = None) -> PresignService:
     """UPLOAD_URL_TTL_S (default 600), UPLOAD_CLOCK_SKEW_S (300), UPLOAD_RATE_PER_MINUTE (30); failed
-    attempts: UPLOAD_FAILED_ATTEMPTS_PER_DEVICE (10) and _PER_IP (20) per UPLOAD_FAILED_ATTEMPTS_WINDOW_S (600)."""
+    attempts: UPLOAD_FAILED_ATTEMPTS_PER_DEVICE (10, from one address), _PER_DEVICE_ALL (100, from all) and
+    _PER_IP (20) per UPLOAD_FAILED_ATTEMPTS_WINDOW_S (600)."""
     from sentinela.services.presign import PresignService
 
     s = settings()
@@ -161,7 +162,8 @@ def presign_service(metrics: MetricSink | None = None) -> PresignService:
     return PresignService(store(), s3(), s.bucket, max_bytes=s.max_clip_bytes, ttl_s=s.upload_url_ttl_s,
                           skew_s=s.upload_clock_skew_s, per_minute=s.upload_rate_per_minute, metrics=metrics,
                           failures_per_device=s.upload_failures_per_device,
-                          failures_per_ip=s.upload_failures_per_ip, failure_window_s=s.upload_failure_window_s)
+                          failures_per_ip=s.upload_failures_per_ip, failure_window_s=s.upload_failure_window_s,
+                          failures_per_device_all=s.upload_failures_per_device_all)
 
 
 # --- silence alarm (sentinela.services.silence) -------------------------------------------------------------

@@ -18,8 +18,9 @@ The role that signs can only s3:PutObject under clips/, so the policy can never 
 Refusals carry a reason and a code (a metric ``UploadRefused_<code>``): 400 bad request (malformed,
 format not allowed, time in the future, too large), 401 unknown device or wrong secret, 403 revoked,
 409 a different recording already exists under that key, 429 too many requests this minute, or too
-many failed attempts (per device id and per source address, in fixed windows) before the secret is
-even checked.
+many failed attempts (in fixed windows) before the secret is even checked: per device id from one source
+address (so a stranger guessing from elsewhere cannot lock the real recorder out), per device id from all
+addresses together (a higher ceiling against guessing from many), and per source address.
 A clip that already exists with the same MD5 (the object's ETag) is answered 200 ``{"duplicate": true}``
 so the recorder does not send it again.
 """
@@ -87,10 +88,12 @@ class PresignService:
     def __init__(self, store: DeviceRepository, s3: Any, bucket: str, *, max_bytes: int, ttl_s: int = 600,
                  skew_s: int = 300, per_minute: int = 30, metrics: MetricSink | None = None,
                  clock: Callable[[], float] = time.time, failures_per_device: int = 10,
-                 failures_per_ip: int = 20, failure_window_s: int = 600) -> None:
+                 failures_per_ip: int = 20, failure_window_s: int = 600,
+                 failures_per_device_all: int = 100) -> None:
         self.store, self.s3, self.bucket = store, s3, bucket
         self.max_bytes, self.ttl_s, self.skew_s, self.per_minute = max_bytes, ttl_s, skew_s, per_minute
         self.failures_per_device, self.failures_per_ip = failures_per_device, failures_per_ip
+        self.failures_per_device_all = failures_per_device_all
         self.failure_window_s = failure_window_s
         self.metrics: MetricSink = metrics or NullMetrics()
         self.clock = clock
@@ -115,7 +118,10 @@ class PresignService:
             raise Refused(400, "bad_request", "site and device are at most 64 characters, the secret 256")
         now = self.clock()
         window = int(now // self.failure_window_s)
-        counters = [(f"AUTHFAIL#{site}/{device}", str(window), self.failures_per_device, f"device {device}"),
+        counters = [(f"AUTHFAIL#{site}/{device}@{source_ip}", str(window), self.failures_per_device,
+                     f"device {device} from this address"),
+                    (f"AUTHFAIL#{site}/{device}", str(window), self.failures_per_device_all,
+                     f"device {device} from all addresses"),
                     (f"AUTHFAIL#ip/{source_ip}", str(window), self.failures_per_ip, "this address")]
         for pk, sk, limit, who in counters:
             if self.store.auth_failures(pk, sk) >= limit:
