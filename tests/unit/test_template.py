@@ -90,7 +90,8 @@ def test_validator_passes(report: ValidationReport) -> None:
 
 def _cli(path: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "layers" / "core"), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO / "layers" / "core"), str(REPO / "tools"), env.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", "sentinela_tools.devtools.validate_template", str(path)],
         cwd=REPO,
@@ -112,6 +113,15 @@ def test_cli_prints_one_line_per_stage_and_exits_zero() -> None:
         f"PASS {STAGE_LINT_TRANSLATED}",
     ]
     assert "0 errors" in lines[0]
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path: Path) -> None:
+    bad = tmp_path / "template.yaml"
+    bad.write_text(TEMPLATE.read_text(encoding="utf-8") + "\n  broken: [unclosed\n", encoding="utf-8")
+    run = _cli(bad)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    (line,) = run.stderr.splitlines()
+    assert line.startswith(f"FAIL {bad}: line ") and "YAML syntax" in line
 
 
 def _bogus_event_type(t: dict[str, Any]) -> None:

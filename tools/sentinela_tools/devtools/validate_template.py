@@ -261,7 +261,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.template.is_file():
         print(f"FAIL {args.template}: no such file", file=sys.stderr)
         return 2
-    report = validate(args.template)
+    import yaml
+
+    try:
+        report = validate(args.template)
+    except yaml.YAMLError as exc:  # a syntax error: one line with where it is, not a traceback
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        print(f"FAIL {args.template}:{where}: YAML syntax: {problem}", file=sys.stderr)
+        return 1
     for stage in report.stages:
         print(stage.render())
         for finding in stage.findings:
