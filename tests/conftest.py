@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +16,31 @@ import soundfile as sf
 from sentinela.adapters.model import BirdNetOnnx
 from sentinela.domain.card import ModelCard, load_card
 from sentinela_tools.devtools import tiny_model
+from sentinela_tools.devtools.template_reader import load_template, table_specs
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextlib.contextmanager
+def mocked_aws(mp: pytest.MonkeyPatch) -> Iterator[Any]:
+    """moto's in-process mock (narrow unit tests only) with fake credentials and none of this machine's
+    endpoint or profile; yields a DynamoDB client."""
+    boto3 = pytest.importorskip("boto3")
+    moto = pytest.importorskip("moto")
+    for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        mp.delenv(var, raising=False)
+    for var, value in OFFLINE_AWS.items():
+        mp.setenv(var, value)
+    with moto.mock_aws():
+        yield boto3.client("dynamodb")
+
+
+@functools.cache
+def data_table_spec() -> dict[str, Any]:
+    """CreateTable arguments of template.yaml's DataTable (keys and index as deployed)."""
+    return dict(table_specs(load_template(REPO / "template.yaml"))["DataTable"]["create_table"])
 
 SR = 48000
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +16,8 @@ from sentinela.domain.channel import ChannelError, DeliveryReport, Receipt, Send
 from sentinela.services.channels import Retrying
 from sentinela.services.incidents import IncidentService, RetryLater
 from sentinela.services.silence import SilenceService
-from sentinela_tools.devtools.template_reader import load_template, table_specs
+from tests.conftest import data_table_spec, mocked_aws
 
-REPO = Path(__file__).resolve().parents[2]
 T0 = dt.datetime(2026, 11, 28, 14, 0, tzinfo=dt.UTC)
 
 
@@ -92,19 +90,11 @@ def test_retrying_gives_up_after_its_attempts_and_at_once_on_a_permanent_error()
 # --- incidents through any channel ------------------------------------------------------------------
 @pytest.fixture()
 def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    boto3 = pytest.importorskip("boto3")
-    moto = pytest.importorskip("moto")
     from sentinela.adapters.store import Store
 
-    for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(var, value)
     monkeypatch.setattr(clock, "_pinned", dt.datetime(2026, 11, 28, 14, 0, 30, tzinfo=dt.UTC))
-    with moto.mock_aws():
-        spec = table_specs(load_template(REPO / "template.yaml"))["DataTable"]
-        boto3.client("dynamodb").create_table(TableName="data", **spec["create_table"])
+    with mocked_aws(monkeypatch) as ddb:
+        ddb.create_table(TableName="data", **data_table_spec())
         s = Store("data")
         s.put_site({"site_id": "norte", "name": "Norte", "lat": -37.8, "lon": -73.0, "tz": "America/Santiago",
                     "lead": "lia"})

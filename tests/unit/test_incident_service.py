@@ -19,6 +19,7 @@ import pytest
 from sentinela.adapters.twilio_sms import PERMANENT_CODES
 from sentinela.domain import clock as core_clock
 from sentinela.domain.channel import ChannelError, DeliveryReport, Receipt
+from sentinela.domain.clock import iso
 from sentinela.domain.detect import AlertDecision
 from sentinela.domain.keys import ClipRef
 from sentinela.services.incidents import IncidentService, RetryLater
@@ -27,10 +28,6 @@ from sentinela_tools.devtools.memory_store import MemoryStore
 
 T0 = dt.datetime(2026, 11, 28, 14, 0, tzinfo=dt.UTC)  # a Saturday, 11:00 in Santiago (UTC-3 in November)
 ANA, BOB, LIA, TOM = "+56900000001", "+56900000002", "+56900000003", "+15005550004"
-
-
-def iso(t: dt.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass

@@ -8,23 +8,15 @@ from pathlib import Path
 import pytest
 
 from sentinela_tools.cli import main
-from sentinela_tools.devtools.template_reader import load_template, table_specs
+from tests.conftest import data_table_spec, mocked_aws
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
 def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    boto3 = pytest.importorskip("boto3")
-    moto = pytest.importorskip("moto")
-    for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(var, value)
-    with moto.mock_aws():
-        spec = table_specs(load_template(REPO / "template.yaml"))["DataTable"]
-        boto3.client("dynamodb").create_table(TableName="data", **spec["create_table"])
+    with mocked_aws(monkeypatch) as ddb:
+        ddb.create_table(TableName="data", **data_table_spec())
         yield "data"
 
 

@@ -8,9 +8,7 @@ contract can fail (a fake without the conditional semantics, or with other item 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,37 +21,23 @@ from sentinela.domain.keys import ClipRef
 from sentinela.domain.repositories import Repositories
 from sentinela.services.pipeline import alert_for
 from sentinela_tools.devtools.memory_store import MemoryStore
-from sentinela_tools.devtools.template_reader import load_template, table_specs
+from tests.conftest import data_table_spec, mocked_aws
 
-REPO = Path(__file__).resolve().parents[2]
 T0 = "2026-11-28T14:00:00Z"
-
-
-@functools.cache
-def _table_spec() -> dict[str, Any]:
-    return dict(table_specs(load_template(REPO / "template.yaml"))["DataTable"]["create_table"])
 
 
 @pytest.fixture(scope="module")
 def _moto() -> Iterator[Any]:
     """moto's in-process mock, once for the module (starting it is the slow part); a table per test."""
-    boto3 = pytest.importorskip("boto3")
-    moto = pytest.importorskip("moto")
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-            mp.delenv(var, raising=False)
-        for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                           "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-            mp.setenv(var, value)
-        with moto.mock_aws():
-            yield boto3.client("dynamodb")
+    with pytest.MonkeyPatch.context() as mp, mocked_aws(mp) as ddb:
+        yield ddb
 
 
 @pytest.fixture()
 def dynamodb(_moto: Any, request: pytest.FixtureRequest) -> Iterator[Store]:
     """Store on a fresh moto table with the deployed table's keys and index (template.yaml)."""
     name = f"data-{abs(hash(request.node.nodeid)):x}"
-    _moto.create_table(TableName=name, **_table_spec())
+    _moto.create_table(TableName=name, **data_table_spec())
     yield Store(name)
     _moto.delete_table(TableName=name)
 

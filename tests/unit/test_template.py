@@ -31,6 +31,7 @@ from sentinela_tools.devtools.validate_template import (
     ValidationReport,
     validate,
 )
+from tests.conftest import mocked_aws
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
@@ -299,18 +300,7 @@ def test_table_specs_refuse_what_is_only_known_at_deploy_time(tpl: dict[str, Any
 
 def test_table_and_queue_specs_are_accepted_by_moto(tpl: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     boto3 = pytest.importorskip("boto3")
-    moto = pytest.importorskip("moto")
-    for var in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    for var, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(var, value)
-    with moto.mock_aws():
-        ddb = boto3.client("dynamodb", region_name="us-east-1")
+    with mocked_aws(monkeypatch) as ddb:
         for logical_id, spec in table_specs(tpl).items():
             ddb.create_table(TableName=logical_id, **spec["create_table"])
             if spec["ttl_attribute"]:

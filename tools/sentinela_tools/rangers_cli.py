@@ -149,11 +149,11 @@ def cmd_rangers_list(args: argparse.Namespace) -> int:
             flags = [f for f, on in (("lead", s.get("lead") == r["ranger_id"]),
                                      ("off", r.get("on_call") is False),
                                      ("NUMBER INVALID", bool(r.get("number_invalid")))) if on]
-            listed.append({"site": s["site_id"], "ranger_id": r["ranger_id"], "name": r.get("name", ""),
-                           "phone": mask_phone(r["phone"]), "lang": r.get("lang", "es"),
-                           "role": r.get("role", "primary"), "shifts": _shifts(r), "flags": flags})
-            print(f"{s['site_id']}\t{r['ranger_id']}\t{r.get('name', '')}\t{mask_phone(r['phone'])}\t"
-                  f"{r.get('lang', 'es')}\t{r.get('role', 'primary')}\t{_shifts(r)}"
+            row = {"site": s["site_id"], "ranger_id": r["ranger_id"], "name": r.get("name", ""),
+                   "phone": mask_phone(r["phone"]), "lang": r.get("lang", "es"),
+                   "role": r.get("role", "primary"), "shifts": _shifts(r), "flags": flags}
+            listed.append(row)
+            print("\t".join(str(v) for k, v in row.items() if k != "flags")
                   + (f"\t[{', '.join(flags)}]" if flags else ""))
     _emit(args, listed)
     return 0

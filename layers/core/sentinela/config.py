@@ -30,18 +30,18 @@ class SettingsError(ValueError):
     """One or more environment settings are unusable; the message names each variable and its value."""
 
 
-def default_card_path() -> Path:
+def default_card_path(env: Mapping[str, str] | None = None) -> Path:
     """MODEL_CARD, else the checkout's models/card.json, else the model layer's /opt/card.json."""
-    env = os.environ.get("MODEL_CARD")
-    if env:
-        return Path(env)
+    named = (os.environ if env is None else env).get("MODEL_CARD")
+    if named:
+        return Path(named)
     return _REPO_CARD if _REPO_CARD.exists() else Path("/opt/card.json")
 
 
-def default_threads() -> int:
+def default_threads(env: Mapping[str, str] | None = None) -> int:
     """SENTINELA_THREADS, else up to 2 (Lambda's vCPUs at the template's memory size)."""
-    env = os.environ.get("SENTINELA_THREADS")
-    return int(env) if env else max(1, min(2, os.cpu_count() or 1))
+    named = (os.environ if env is None else env).get("SENTINELA_THREADS")
+    return int(named) if named else max(1, min(2, os.cpu_count() or 1))
 
 
 T = TypeVar("T", int, float)
@@ -109,7 +109,6 @@ class Settings:
         override = number("ALERT_THRESHOLD", 0.0, float)
         if override > 1:
             problems.append(f"ALERT_THRESHOLD={source.get('ALERT_THRESHOLD')!r} is above 1 (0 or unset: the card's)")
-        threads = source.get("SENTINELA_THREADS")
         settings = cls(
             table_name=source.get("TABLE_NAME") or "sentinela-data",
             bucket=text("CLIPS_BUCKET"),
@@ -122,8 +121,8 @@ class Settings:
             batch_size=number("SENTINELA_BATCH", 8, int, 1),
             sms_attempts=number("SMS_SEND_ATTEMPTS", 3, int, 1),
             sms_backoff_s=number("SMS_BACKOFF_S", 0.5, float),
-            model_card=Path(source["MODEL_CARD"]) if source.get("MODEL_CARD") else default_card_path(),
-            threads=number("SENTINELA_THREADS", 0, int, 1) if threads else default_threads(),
+            model_card=default_card_path(source),
+            threads=number("SENTINELA_THREADS", default_threads({}), int, 1),  # {}: the machine's default
             classify_max_attempts=number("CLASSIFY_MAX_ATTEMPTS", 3, int, 1),
             idempotency_table=source.get("IDEMPOTENCY_TABLE") or "idempotency",
             policy_file=text("POLICY_FILE"),

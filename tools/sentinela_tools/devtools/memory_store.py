@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from sentinela.adapters.store import from_ddb, legacy_sms_key, to_ddb
+from sentinela.adapters.store import clip_item, from_ddb, legacy_sms_key, to_ddb
 from sentinela.domain import clock
 from sentinela.domain.alert import Alert
 from sentinela.domain.keys import ClipRef
@@ -130,22 +130,8 @@ class MemoryStore(Repositories):
             return [from_ddb(r) for r in self.items.values()]
 
     # --- clips --------------------------------------------------------------------------------
-    def _clip_base(self, ref: ClipRef) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            "pk": f"CLIP#{ref.clip_id}", "sk": "CLIP", "type": "clip", "clip_id": ref.clip_id,
-            "bucket": ref.bucket, "key": ref.key, "version_id": ref.version_id,
-            "site_id": ref.site_id, "device_id": ref.device_id, "recorded_at": ref.recorded_at,
-        }
-        if ref.site_id:
-            item["gsi1pk"] = f"SITE#{ref.site_id}"
-            item["gsi1sk"] = f"CLIP#{ref.recorded_at}#{ref.device_id}#{ref.clip_id}"
-        else:
-            item["gsi1pk"] = "REJECTED"
-            item["gsi1sk"] = f"CLIP#{clock.stamp()}#{ref.clip_id}"
-        return item
-
     def mark_processing(self, ref: ClipRef, received_at: str) -> int:
-        fields = to_ddb(self._clip_base(ref) | {"status": "processing", "received_at": received_at,
+        fields = to_ddb(clip_item(ref) | {"status": "processing", "received_at": received_at,
                                                 "updated_at": clock.stamp()})
         key = (fields.pop("pk"), fields.pop("sk"))
         with self._lock:
@@ -164,11 +150,11 @@ class MemoryStore(Repositories):
                                             "updated_at": clock.stamp()}))
 
     def mark_rejected(self, ref: ClipRef, reason: str, extra: Mapping[str, Any] | None = None) -> None:
-        item = self._clip_base(ref) | {"status": "rejected", "reason": reason, "updated_at": clock.stamp()}
+        item = clip_item(ref) | {"status": "rejected", "reason": reason, "updated_at": clock.stamp()}
         self._always((item["pk"], item["sk"]), replaced(item | dict(extra or {})))
 
     def mark_processed(self, ref: ClipRef, summary: Mapping[str, Any]) -> None:
-        item = self._clip_base(ref) | {"status": "processed", "updated_at": clock.stamp()} | dict(summary)
+        item = clip_item(ref) | {"status": "processed", "updated_at": clock.stamp()} | dict(summary)
         self._always((item["pk"], item["sk"]), replaced(item))
 
     def write_detections(self, clip_id: str, dets: Iterable[Detection], model_id: str) -> int:

@@ -56,6 +56,22 @@ def conditional(op: Any, **kw: Any) -> bool:
         raise
 
 
+def clip_item(ref: ClipRef) -> dict[str, Any]:
+    """A clip item's keys and identity (the store and the in-memory fake write the same shape)."""
+    item: dict[str, Any] = {
+        "pk": f"CLIP#{ref.clip_id}", "sk": "CLIP", "type": "clip", "clip_id": ref.clip_id,
+        "bucket": ref.bucket, "key": ref.key, "version_id": ref.version_id,
+        "site_id": ref.site_id, "device_id": ref.device_id, "recorded_at": ref.recorded_at,
+    }
+    if ref.site_id:
+        item["gsi1pk"] = f"SITE#{ref.site_id}"
+        item["gsi1sk"] = f"CLIP#{ref.recorded_at}#{ref.device_id}#{ref.clip_id}"
+    else:
+        item["gsi1pk"] = "REJECTED"
+        item["gsi1sk"] = f"CLIP#{clock.stamp()}#{ref.clip_id}"
+    return item
+
+
 class Store(Repositories):
     """Every repository protocol (sentinela.domain.repositories) on the one DynamoDB table."""
 
@@ -63,24 +79,10 @@ class Store(Repositories):
         self.table = (resource or boto3.resource("dynamodb")).Table(table_name)
 
     # --- clips --------------------------------------------------------------------------------
-    def _clip_base(self, ref: ClipRef) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            "pk": f"CLIP#{ref.clip_id}", "sk": "CLIP", "type": "clip", "clip_id": ref.clip_id,
-            "bucket": ref.bucket, "key": ref.key, "version_id": ref.version_id,
-            "site_id": ref.site_id, "device_id": ref.device_id, "recorded_at": ref.recorded_at,
-        }
-        if ref.site_id:
-            item["gsi1pk"] = f"SITE#{ref.site_id}"
-            item["gsi1sk"] = f"CLIP#{ref.recorded_at}#{ref.device_id}#{ref.clip_id}"
-        else:
-            item["gsi1pk"] = "REJECTED"
-            item["gsi1sk"] = f"CLIP#{clock.stamp()}#{ref.clip_id}"
-        return item
-
     def mark_processing(self, ref: ClipRef, received_at: str) -> int:
         """The clip is being processed; returns which attempt this is (1, 2, ... across retries and
         replays), so that the last one can leave a terminal status instead of ``processing``."""
-        item = to_ddb(self._clip_base(ref) | {"status": "processing", "received_at": received_at,
+        item = to_ddb(clip_item(ref) | {"status": "processing", "received_at": received_at,
                                               "updated_at": clock.stamp()})
         key = {"pk": item.pop("pk"), "sk": item.pop("sk")}
         names = {f"#a{i}": k for i, k in enumerate(item)}
@@ -108,11 +110,11 @@ class Store(Repositories):
                                ExpressionAttributeValues={":e": error, ":n": attempt, ":u": clock.stamp()})
 
     def mark_rejected(self, ref: ClipRef, reason: str, extra: Mapping[str, Any] | None = None) -> None:
-        item = self._clip_base(ref) | {"status": "rejected", "reason": reason, "updated_at": clock.stamp()}
+        item = clip_item(ref) | {"status": "rejected", "reason": reason, "updated_at": clock.stamp()}
         self.table.put_item(Item=to_ddb(item | dict(extra or {})))
 
     def mark_processed(self, ref: ClipRef, summary: Mapping[str, Any]) -> None:
-        item = self._clip_base(ref) | {"status": "processed", "updated_at": clock.stamp()} | dict(summary)
+        item = clip_item(ref) | {"status": "processed", "updated_at": clock.stamp()} | dict(summary)
         self.table.put_item(Item=to_ddb(item))
 
     def write_detections(self, clip_id: str, dets: Iterable[Detection], model_id: str) -> int:
