@@ -38,7 +38,8 @@ REQUIREMENTS = BUILD_DIR / "requirements.txt"
 DEFAULT_CACHE = REPO / ".cache" / "model-build"
 ONNX_NAME = "birdnet_v24.onnx"
 # Everything a consumer of dist/ expects next to the model; a partial dist/ is rebuilt.
-DIST_FILES = (ONNX_NAME, "birdnet_v24_fft.onnx", "birdnet_v24_frontend.npz", "labels.txt", "LICENSE",
+DIST_FILES = (ONNX_NAME, "birdnet_v24_fft.onnx", "birdnet_v24_frontend.npz", "birdnet_v24_conv.onnx",
+              "labels.txt", "LICENSE",
               "birdnet_v24.tflite", "verify.json")
 
 ENV_STARTED = "SENTINELA_MODEL_BUILD_STARTED"

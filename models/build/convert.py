@@ -40,6 +40,7 @@ VERIFY_NAME = "verify.json"
 # The FFT front end: the graph cut after its spectrogram, and the front end's parameters.
 FFT_ONNX_NAME = "birdnet_v24_fft.onnx"
 FRONTEND_NAME = "birdnet_v24_frontend.npz"
+CONV_ONNX_NAME = "birdnet_v24_conv.onnx"
 ATTRIBUTION = ("BirdNET V2.4 by Stefan Kahl et al., K. Lisa Yang Center for Conservation Bioacoustics, "
                "Cornell Lab of Ornithology, and Chemnitz University of Technology")
 BUILD_COMMAND = "make model  (python3 models/build/build_model.py)"
@@ -200,14 +201,21 @@ def build(cache_dir: Path, dist_dir: Path, card_path: Path) -> int:
         print(f"[model] FFT front end failed its check against the graph: {fft['check']}", file=sys.stderr)
         return 1
     report["fft_frontend"] = fft["check"]
+    conv = _build_conv_variant(fft["frontend"], fft["body"], staged, dist_dir)
+    clock.lap("conv front end + check")
+    if not conv["check"]["passed"]:
+        print(f"[model] conv front end failed its check against the graph: {conv['check']}", file=sys.stderr)
+        return 1
+    report["conv_frontend"] = conv["check"]
     report_text = json.dumps(report, indent=2) + "\n"
     (dist_dir / VERIFY_NAME).write_text(report_text, encoding="utf-8")
     os.replace(staged, final)
     onnx_sha = source.sha256_file(final)
     previous = model_entry(card_path)
     use = previous.get("use", "graph")
-    entry = _card_entry(onnx_sha, content_sha, src, _versions(), folds, report, {"fft": fft["entry"]},
-                        use if use in ("graph", "fft") else "graph")
+    entry = _card_entry(onnx_sha, content_sha, src, _versions(), folds, report,
+                        {"fft": fft["entry"], "conv": conv["entry"]},
+                        use if use in ("graph", "fft", "conv") else "graph")
     write_model_entry(card_path, entry)
     _print_summary(dist_dir, card_path, onnx_sha, content_sha, previous, clock)
     return 0
@@ -234,7 +242,7 @@ def _build_fft_variant(model: Any, folds: list[surgery.Fold], full_onnx: Path, d
           f"{result['non_degenerate']} non-degenerate, cut graph max|Δlogit| "
           f"{result['cut_graph_max_abs_dlogit']:.1e}: {'PASS' if result['passed'] else 'FAIL'}")
     if not result["passed"]:
-        return {"check": result, "entry": {}}
+        return {"check": result, "entry": {}, "frontend": frontend, "body": body}
     os.replace(staged_body, body_path)
     os.replace(staged_fe, fe_path)
     entry = {
@@ -244,6 +252,45 @@ def _build_fft_variant(model: Any, folds: list[surgery.Fold], full_onnx: Path, d
         "graph_edits": ["cut after the spectrogram (input 'spectrogram' [batch, 2, 96, 511], NCHW)",
                         "spectrogram: numpy rFFT real part, mel filterbank on the bins it reads "
                         "(sentinela.adapters.frontend)"],
+        "check": {k: (float(f"{v:.7g}" if "cosine" in k else f"{v:.3g}") if isinstance(v, float) else v)
+                  for k, v in result.items()},
+    }
+    return {"check": result, "entry": entry, "frontend": frontend, "body": body}
+
+
+def _build_conv_variant(frontend: Any, body: Any, full_onnx: Path, dist_dir: Path) -> dict[str, Any]:
+    """The cut graph with the front end back inside it as strided convolutions (onnx_surgery's
+    spectrogram_by_conv), the squeeze-excitation reshapes dropped; checked against the whole graph on the
+    verification windows like the FFT front end, and published."""
+    import onnx
+    from frontend_build import check_in_graph, conv_spectrograms
+    from synth_audio import verification_windows
+
+    model = surgery.spectrogram_by_conv(body, conv_spectrograms(frontend), N_SAMPLES, frontend.frames,
+                                        frontend.eps)
+    dropped = surgery.drop_shape_noops(model)
+    surgery.set_metadata(model, {"adapted": "converted to ONNX; spectrogram as strided convolutions (window x "
+                                            "DFT real part x mel filterbank); embedding output"})
+    onnx.checker.check_model(model, full_check=True)
+    path, staged = dist_dir / CONV_ONNX_NAME, dist_dir / f".{CONV_ONNX_NAME}.partial"
+    onnx.save(model, str(staged))
+    windows = verification_windows()
+    result = check_in_graph(full_onnx, staged, np.stack([w.samples for w in windows]),
+                            [w.degenerate for w in windows])
+    print(f"[model]   conv front end vs graph: spectrogram max rel Δ {result['spectrogram_max_rel_delta']:.1e}, "
+          f"embedding min cosine {result['embedding_min_cosine']:.6f}, top-1 {result['top1_agree']}/"
+          f"{result['non_degenerate']} non-degenerate, max|Δlogit| {result['max_abs_dlogit']:.1e}: "
+          f"{'PASS' if result['passed'] else 'FAIL'}")
+    if not result["passed"]:
+        return {"check": result, "entry": {}}
+    os.replace(staged, path)
+    entry = {
+        "path": f"dist/{CONV_ONNX_NAME}", "sha256": source.sha256_file(path), "input": surgery.INPUT_NAME,
+        "frontend": None, "quantised": False,
+        "graph_edits": ["spectrogram: one strided Conv per spectrogram (Hann window x DFT real part x mel "
+                        "filterbank, float64 product rounded once; mel axis flipped in the kernel), "
+                        "x**p as exp(p log x), instead of Gather frames + MatMul + Transpose/ReverseSequence",
+                        f"{dropped} Squeeze/Reshape no-ops of the squeeze-excitation blocks dropped"],
         "check": {k: (float(f"{v:.7g}" if "cosine" in k else f"{v:.3g}") if isinstance(v, float) else v)
                   for k, v in result.items()},
     }
@@ -269,7 +316,8 @@ def _print_summary(dist_dir: Path, card_path: Path, onnx_sha: str, content_sha: 
     started = float(os.environ.get("SENTINELA_MODEL_BUILD_STARTED", "0") or 0)
     venv_s = float(os.environ.get("SENTINELA_MODEL_BUILD_VENV_SECONDS", "0") or 0)
     print("[model] built and verified:")
-    for name in (ONNX_NAME, FFT_ONNX_NAME, FRONTEND_NAME, LABELS_NAME, LICENSE_NAME, TFLITE_NAME, VERIFY_NAME):
+    for name in (ONNX_NAME, FFT_ONNX_NAME, FRONTEND_NAME, CONV_ONNX_NAME, LABELS_NAME, LICENSE_NAME, TFLITE_NAME,
+                 VERIFY_NAME):
         path = dist_dir / name
         print(f"[model]   {path}  {_size(path):>8}")
     print(f"[model]   sha256 {onnx_sha}  (recorded in {card_path})")

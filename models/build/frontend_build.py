@@ -101,3 +101,58 @@ def check(full_onnx: Path, body_onnx: Path, frontend: Frontend, windows: np.ndar
                             and report["embedding_min_cosine"] >= MIN_EMBEDDING_COSINE
                             and report["top1_agree"] == report["non_degenerate"])
     return report
+
+
+def conv_spectrograms(frontend: Frontend) -> list[surgery.ConvSpectrogram]:
+    """The same front end as one convolution kernel per spectrogram, for surgery.spectrogram_by_conv:
+    window x DFT cosines (of the bins the filterbank reads) x filterbank, in float64, rounded once to
+    float32, rows in the graph's band order (high frequencies first)."""
+    out = []
+    for s in frontend.specs:
+        t = np.arange(s.frame_length, dtype=np.float64)
+        k = np.arange(s.first_bin, s.first_bin + s.mel.shape[0], dtype=np.float64)
+        cos = np.cos(2.0 * np.pi * np.outer(t, k) / s.frame_length)
+        kernel = (s.window.astype(np.float64)[:, None] * cos) @ s.mel.astype(np.float64)  # [frame_length, bands]
+        out.append(surgery.ConvSpectrogram(kernel=np.ascontiguousarray(kernel[:, ::-1].T, dtype=np.float32),
+                                           hop=s.hop, power=s.power))
+    return out
+
+
+def check_in_graph(full_onnx: Path, variant_onnx: Path, windows: np.ndarray, degenerate: list[bool],
+                   threads: int = 2) -> dict[str, Any]:
+    """A variant that takes the samples (front end inside its graph) against the whole graph, per window:
+    its spectrogram, embedding cosine, top-1 label; the same criteria as the FFT front end's check."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    full = ort.InferenceSession(surgery.with_spectrogram_output(onnx.load(str(full_onnx))).SerializeToString(),
+                                opts, providers=["CPUExecutionProvider"])
+    variant = onnx.load(str(variant_onnx))
+    variant.graph.output.append(onnx.helper.make_tensor_value_info(surgery.SPECTROGRAM_NAME,
+                                                                   onnx.TensorProto.FLOAT, None))
+    ours = ort.InferenceSession(variant.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    logits, emb, spec = full.run([surgery.LOGITS_NAME, surgery.EMBEDDING_NAME, surgery.SPECTROGRAM_CONCAT],
+                                 {surgery.INPUT_NAME: windows})
+    ref_spec = spec.transpose(2, 3, 0, 1)
+    v_logits, v_emb, v_spec = ours.run([surgery.LOGITS_NAME, surgery.EMBEDDING_NAME, surgery.SPECTROGRAM_NAME],
+                                       {surgery.INPUT_NAME: windows})
+    rel = (np.abs(v_spec - ref_spec).reshape(len(windows), -1).max(axis=1)
+           / np.maximum(np.abs(ref_spec).reshape(len(windows), -1).max(axis=1), 1e-30))
+    cos = np.sum(emb * v_emb, axis=1) / np.maximum(np.linalg.norm(emb, axis=1) * np.linalg.norm(v_emb, axis=1),
+                                                   1e-30)
+    real = ~np.asarray(degenerate)
+    top1 = logits.argmax(axis=1) == v_logits.argmax(axis=1)
+    report = {
+        "windows": len(windows), "non_degenerate": int(real.sum()),
+        "spectrogram_max_rel_delta": float(rel[real].max()),
+        "embedding_min_cosine": float(cos[real].min()),
+        "embedding_min_cosine_all": float(cos.min()),
+        "top1_agree": int(top1[real].sum()),
+        "max_abs_dlogit": float(np.abs(v_logits - logits)[real].max()),
+    }
+    report["passed"] = bool(report["spectrogram_max_rel_delta"] <= MAX_SPECTROGRAM_REL_DELTA
+                            and report["embedding_min_cosine"] >= MIN_EMBEDDING_COSINE
+                            and report["top1_agree"] == report["non_degenerate"])
+    return report

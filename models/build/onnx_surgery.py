@@ -7,6 +7,15 @@ project's dev venv can unit-test it.
   can use frames @ (C @ M): a [N, 96] matrix instead of [N, N/2+1] then [N/2+1, 96].
 - expose_embedding: the 1024-d pooled features feed the threat head; exposing them as a second output
   costs nothing at run time.
+- spectrogram_by_conv: the cut graph with the front end put back as one strided Conv per spectrogram
+  (frames, Hann window, DFT and mel filterbank in one kernel), the flip of the mel axis in the kernel's
+  row order, and x**p as exp(p log x): the "conv" variant. The converted graph frames the signal with
+  a Gather of 1 M indices per window and runs its batch norm on a [bands, frames, batch, 2] layout;
+  on this CPU those took more time than the front end's matrix product itself (profiled in
+  docs/BENCHMARKS.md).
+- drop_shape_noops: the Squeeze/Reshape pairs tf2onnx leaves around each squeeze-excitation block
+  ([batch, C, 1, 1] -> [batch, C] -> [batch, C, 1, 1]) change nothing but make onnxruntime leave its
+  blocked layout and come back.
 """
 
 from __future__ import annotations
@@ -456,3 +465,152 @@ def with_spectrogram_output(model: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(model)
     out.graph.output.append(helper.make_tensor_value_info(SPECTROGRAM_CONCAT, TensorProto.FLOAT, None))
     return out
+
+
+@dataclass(frozen=True)
+class ConvSpectrogram:
+    """One spectrogram as a strided convolution: ``kernel`` [bands, frame_length] holds the Hann window
+    times the DFT cosines times the mel filterbank, rows already in the graph's (flipped) band order."""
+    kernel: np.ndarray
+    hop: int
+    power: float
+
+
+def spectrogram_by_conv(body: onnx.ModelProto, specs: list[ConvSpectrogram], n_samples: int, frames: int,
+                        eps: float) -> onnx.ModelProto:
+    """The cut graph (input ``spectrogram`` [batch, len(specs), bands, frames]) with the front end put
+    back in front of it: input ``INPUT`` [batch, n_samples] again, the same outputs.
+
+    Per window: x = ((x - min) / (max(x - min) + eps) - 0.5) * 2, the graph's own normalisation, in its
+    order; then per spectrogram Conv(x, kernel, stride hop) -> re [batch, bands, 1, frames'], the
+    first ``frames`` frames, exp(power * log(re * re)) (= (re * re) ** power; log 0 = -inf gives 0, as
+    0 ** power does), and the spectrograms stacked on axis 1.
+    """
+    if [i.name for i in body.graph.input] != [SPECTROGRAM_NAME]:
+        raise GraphError(f"expected the cut graph (input {SPECTROGRAM_NAME!r}), got "
+                         f"{[i.name for i in body.graph.input]}")
+    bands = {int(s.kernel.shape[0]) for s in specs}
+    if len(bands) != 1:
+        raise GraphError(f"spectrograms with different band counts {sorted(bands)}")
+    n_bands = bands.pop()
+    opset = _opset_versions(body).get("", 0)
+    model = onnx.ModelProto()
+    model.CopyFrom(body)
+    graph = model.graph
+    names = {n for node in graph.node for n in (*node.input, *node.output)} | {t.name for t in graph.initializer}
+
+    def fresh(stem: str) -> str:
+        name, i = f"frontend/{stem}", 0
+        while name in names:
+            i += 1
+            name = f"frontend/{stem}_{i}"
+        names.add(name)
+        return name
+
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+
+    def const(stem: str, value: np.ndarray) -> str:
+        name = fresh(stem)
+        inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def node(op: str, inputs: list[str], stem: str, **attrs: object) -> str:
+        out = fresh(stem)
+        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def reduce(op: str, x: str, stem: str) -> str:
+        if opset >= 18:
+            return node(op, [x, const(f"{stem}_axes", np.array([1], np.int64))], stem, keepdims=1)
+        return node(op, [x], stem, axes=[1], keepdims=1)
+
+    x = INPUT_NAME
+    shifted = node("Sub", [x, reduce("ReduceMin", x, "min")], "shifted")
+    scale = node("Add", [reduce("ReduceMax", shifted, "max"), const("eps", np.array(eps, np.float32))], "range")
+    unit = node("Div", [shifted, scale], "unit")
+    centred = node("Sub", [unit, const("half", np.array(0.5, np.float32))], "centred")
+    signal = node("Mul", [centred, const("two", np.array(2.0, np.float32))], "normalised")
+    signal4 = node("Unsqueeze", [signal, const("axes12", np.array([1, 2], np.int64))], "signal4")
+    stacked = []
+    for i, spec in enumerate(specs):
+        length = int(spec.kernel.shape[1])
+        have = (n_samples - length) // spec.hop + 1
+        if have < frames:
+            raise GraphError(f"spectrogram {i}: {n_samples} samples give {have} frames of {length} "
+                             f"at hop {spec.hop}, fewer than {frames}")
+        kernel = const(f"kernel{i}", np.ascontiguousarray(spec.kernel, np.float32).reshape(n_bands, 1, 1, length))
+        re = node("Conv", [signal4, kernel], f"re{i}", kernel_shape=[1, length], strides=[1, spec.hop])
+        if have > frames:
+            re = node("Slice", [re, const(f"start{i}", np.array([0], np.int64)),
+                                const(f"end{i}", np.array([frames], np.int64)),
+                                const(f"axis{i}", np.array([3], np.int64))], f"re{i}_frames")
+        square = node("Mul", [re, re], f"square{i}")
+        log = node("Log", [square], f"log{i}")
+        scaled = node("Mul", [log, const(f"power{i}", np.array(spec.power, np.float32))], f"scaled{i}")
+        energy = node("Exp", [scaled], f"energy{i}")
+        stacked.append(node("Reshape", [energy, const(f"shape{i}", np.array([-1, 1, n_bands, frames], np.int64))],
+                            f"spec{i}"))
+    nodes.append(helper.make_node("Concat", stacked, [SPECTROGRAM_NAME], name="frontend/spectrogram", axis=1))
+    kept = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + kept)
+    graph.initializer.extend(inits)
+    del graph.input[:]
+    graph.input.append(helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, n_samples]))
+    del graph.value_info[:]
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def drop_shape_noops(model: onnx.ModelProto) -> int:
+    """Remove, in place, each Reshape to a constant [-1, d1, ...] whose input already has the static
+    trailing sizes d1, ... (so -1 is its batch size: nothing changes), and the Squeeze feeding it when it
+    only undoes that Squeeze. Returns how many nodes went."""
+    graph = model.graph
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int | str]] = {}
+    for value in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+    index = _Index(graph)
+    outputs = {o.name for o in graph.output}
+
+    def keeps(tensor: str, target: np.ndarray) -> bool:
+        shape = shapes.get(tensor)
+        if shape is None or len(shape) != len(target):
+            return False
+        return all(isinstance(d, int) and d > 0 and d == t
+                   for d, t in zip(shape[1:], target[1:].tolist(), strict=True))
+
+    drop: set[int] = set()
+    rename: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type != "Reshape" or node.output[0] in outputs:
+            continue
+        target = index.const(node.input[1])
+        if target is None or target.ndim != 1 or target.size < 2 or target[0] != -1 or (target[1:] <= 0).any():
+            continue
+        source = index.producer.get(node.input[0])
+        if (source is not None and source.op_type == "Squeeze" and len(index.consumers[node.input[0]]) == 1
+                and keeps(source.input[0], target)):
+            drop.update((id(source), id(node)))
+            rename[node.output[0]] = source.input[0]
+        elif keeps(node.input[0], target):
+            drop.add(id(node))
+            rename[node.output[0]] = node.input[0]
+
+    def resolve(name: str) -> str:
+        while name in rename:
+            name = rename[name]
+        return name
+
+    kept = [n for n in graph.node if id(n) not in drop]
+    for n in kept:
+        for i, name in enumerate(n.input):
+            n.input[i] = resolve(name)
+    del graph.node[:]
+    graph.node.extend(kept)
+    _drop_unused_initializers(graph)
+    del graph.value_info[:]
+    return len(drop)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -143,6 +144,48 @@ def test_activity_gate_holds_with_the_front_end(fft_card: Path) -> None:
     batch = next(model.run([(0.0, silent), (1.5, _windows(1)[0])], batch_size=2))
     assert batch.signal is not None and list(batch.signal) == [False, True]
     assert not batch.scores[0].any() and not batch.threat[0].any()
+
+
+def _build_module(name: str) -> Any:
+    """A module of models/build/ (not a package: imported from its folder, as the build does)."""
+    import importlib
+    import sys
+
+    folder = Path(__file__).resolve().parents[2] / "models" / "build"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    return importlib.import_module(name)
+
+
+def test_conv_variant_computes_the_front_end_inside_its_graph(fft_card: Path) -> None:
+    """The "conv" variant: the cut graph with the front end put back as strided convolutions. It takes
+    the samples, like the whole graph, and computes the spectrogram the graph defines (the float64
+    reference), with no Gather of frames and no Pow left."""
+    import onnx
+
+    surgery, build = _build_module("onnx_surgery"), _build_module("frontend_build")
+    fe = _frontend()
+    folder = fft_card.parent
+    conv = surgery.spectrogram_by_conv(onnx.load(str(folder / "body.onnx")), build.conv_spectrograms(fe),
+                                       144000, FRAMES, fe.eps)
+    assert [i.name for i in conv.graph.input] == ["INPUT"]
+    assert not {n.op_type for n in conv.graph.node} & {"Gather", "Pow", "ReverseSequence"}
+    onnx.save(conv, str(folder / "conv.onnx"))
+    raw = json.loads(fft_card.read_text())
+    raw["model"]["use"] = "conv"
+    raw["model"]["variants"]["conv"] = {"path": "conv.onnx", "input": "INPUT", "frontend": None, "sha256": "x"}
+    fft_card.write_text(json.dumps(raw))
+    card = load_card(fft_card)
+    assert card.variant == "conv" and card.input == "INPUT" and card.frontend_path is None
+    x = _windows()
+    _, emb = BirdNetOnnx(card, threads=1, embeddings=True).infer(x)
+    assert emb is not None
+    ref = _as_the_graph_does(fe, x).reshape(len(x), -1)
+    np.testing.assert_allclose(emb, ref, rtol=1e-3, atol=1e-4 * float(np.abs(ref).max()))
+    # A window too short for the frames the graph wants is refused, not padded.
+    with pytest.raises(surgery.GraphError, match="fewer than"):
+        surgery.spectrogram_by_conv(onnx.load(str(folder / "body.onnx")), build.conv_spectrograms(fe),
+                                    256 + 139 * 50, FRAMES, fe.eps)
 
 
 def test_unknown_variant_is_a_card_error(fft_card: Path) -> None:

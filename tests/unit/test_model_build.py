@@ -431,3 +431,35 @@ def test_cut_refuses_a_seam_it_does_not_know() -> None:
             node.attribute[0].CopyFrom(helper.make_attribute("perm", [0, 1, 2, 3]))
     with pytest.raises(surgery.GraphError, match="perm"):
         surgery.cut_after_spectrogram(model, (2, 6, 5))
+
+
+def test_drop_shape_noops_removes_the_squeeze_excitation_reshapes_and_nothing_else() -> None:
+    rng = np.random.default_rng(4)
+    inits = [
+        numpy_helper.from_array(np.array([2, 3], np.int64), "sq_axes"),
+        numpy_helper.from_array(np.array([-1, 4, 1, 1], np.int64), "to_c4"),
+        numpy_helper.from_array(np.array([-1, 2, 1, 1], np.int64), "to_c2"),
+        numpy_helper.from_array(np.array([-1, 36], np.int64), "flat"),
+        numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.standard_normal((4, 2, 1, 1)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+        helper.make_node("Squeeze", ["pooled", "sq_axes"], ["squeezed"]),
+        helper.make_node("Reshape", ["squeezed", "to_c4"], ["restored"]),  # undoes the Squeeze: goes
+        helper.make_node("Conv", ["restored", "w1"], ["mid"]),
+        helper.make_node("Reshape", ["mid", "to_c2"], ["mid_same"]),  # [b, 2, 1, 1] already: goes
+        helper.make_node("Conv", ["mid_same", "w2"], ["gate_logit"]),
+        helper.make_node("Sigmoid", ["gate_logit"], ["gate"]),
+        helper.make_node("Mul", ["x", "gate"], ["scaled"]),
+        helper.make_node("Reshape", ["scaled", "flat"], ["out"]),  # changes the shape: stays
+    ]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 3, 3])],
+                   [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 36])], inits)
+    x = rng.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    before = _run(model, {"x": x})[0]
+    assert surgery.drop_shape_noops(model) == 3
+    assert [n.op_type for n in model.graph.node].count("Reshape") == 1
+    assert not any(n.op_type == "Squeeze" for n in model.graph.node)
+    onnx.checker.check_model(model, full_check=True)
+    np.testing.assert_array_equal(_run(model, {"x": x})[0], before)
