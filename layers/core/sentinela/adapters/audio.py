@@ -80,7 +80,9 @@ class SignalStats:
         x64 = x.astype(np.float64)
         self.n += x.size
         self.total += float(x64.sum())
-        self.total_sq += float(np.dot(x64, x64))
+        # einsum, not np.dot: np.dot is a BLAS call, and OpenBLAS then keeps a thread spinning on the
+        # other core long after it, which halved the model's speed at 2 threads (docs/BENCHMARKS.md).
+        self.total_sq += float(np.einsum("i,i->", x64, x64))
         if x.size:
             a = np.abs(x)
             self.peak = max(self.peak, float(a.max()))
