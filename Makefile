@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-MODEL  := models/dist/birdnet_v24.onnx
 AUDIO  ?= ../shared/audio/dev
 
 .DEFAULT_GOAL := help
@@ -62,16 +61,16 @@ model: ## build and verify the BirdNET V2.4 ONNX model (cached; seconds when pre
 GATE_DIRS ?= ../shared/audio/dev ../shared/audio/train
 
 model-gate: $(STAMP) ## may a model variant replace the fp32 graph? same alerts on every clip of GATE_DIRS; JSON in GATE_JSON
-	@test -f $(MODEL) || $(MAKE) model
+	@$(MAKE) --no-print-directory model
 	$(BIN)/sentinela quantgate $(GATE_DIRS) $(if $(GATE_JSON),--json-out $(GATE_JSON))
 
 # Without AUDIO=DIR the demo picks ../shared/audio/dev when present, else the demo pack in demo/audio.
 demo: $(STAMP) ## run the whole flow on the local stack with the real model (AUDIO=DIR; default the full set, else demo/audio)
-	@test -f $(MODEL) || $(MAKE) model
+	@$(MAKE) --no-print-directory model
 	$(BIN)/sentinela demo $(if $(filter command line environment,$(origin AUDIO)),--audio $(AUDIO))
 
 bench: $(STAMP) ## speed and memory benchmark (prints figures; a JSON file with BENCH_JSON=PATH)
-	@test -f $(MODEL) || $(MAKE) model
+	@$(MAKE) --no-print-directory model
 	$(BIN)/sentinela bench $(if $(BENCH_JSON),--json-out $(BENCH_JSON))
 
 clean: ## remove the virtualenv and caches (keeps the built model)
@@ -80,9 +79,9 @@ clean: ## remove the virtualenv and caches (keeps the built model)
 TRAIN_DIRS ?= ../shared/audio/dev ../shared/audio/train
 
 train: $(STAMP) ## train the threat head on labelled folders (TRAIN_DIRS="DIR ...", default both shared folders)
-	@test -f $(MODEL) || $(MAKE) model
+	@$(MAKE) --no-print-directory model
 	SENTINELA_THREADS=2 $(BIN)/sentinela train $(TRAIN_DIRS)
 
 eval: $(STAMP) ## evaluate the configured model on labelled folders (AUDIO=DIR); JSON file in EVAL_JSON=PATH
-	@test -f $(MODEL) || $(MAKE) model
+	@$(MAKE) --no-print-directory model
 	$(BIN)/sentinela eval $(AUDIO) $(if $(EVAL_JSON),--json-out $(EVAL_JSON))

@@ -492,7 +492,8 @@ def run_bench(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str,
         npy = tmp / "windows.npy"
         stages = bench_stages(card_path, clips, 2, int(report["rtf_2threads_batch"]), repeats, npy)
         our_top1 = stages.pop("top1")
-        best2 = next(r for r in rows if r["threads"] == 2 and r["batch"] == stages["batch"])
+        best2 = next(r for r in rows
+                     if r["threads"] == 2 and r["batch"] == stages["batch"] and r["variant"] == card.variant)
         report["stages_2threads"] = stages
         say(f"  where the time goes (2 threads, batch {stages['batch']}): decode+resample+windows "
             f"{stages['decode_window_s']:.2f} s, model {stages['model_s']:.2f} s "
