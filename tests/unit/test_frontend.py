@@ -129,6 +129,8 @@ def test_card_selects_the_variant_and_the_model_runs_the_front_end(fft_card: Pat
     graph = with_variant(card, "graph")
     assert graph.path.name == "tiny.onnx" and graph.frontend_path is None and graph.input == "INPUT"
     assert with_variant(graph, "fft") == card
+    # The records name the model file that scored them: another variant is another model_id.
+    assert graph.model_id == graph.id and card.model_id == f"{graph.id}/fft"
     x = _windows()
     for threads in (1, 2):
         scores, emb = BirdNetOnnx(card, threads=threads, embeddings=True).infer(x)

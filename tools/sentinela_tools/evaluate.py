@@ -409,7 +409,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 "grouped cross-validation figures in the training report")
     result: dict[str, Any] = {
         "card": str(Path(args.card or default_card_path())),
-        "model_id": card.id,
+        "model_id": card.model_id,  # as the records name it: base model, variant, head
         "head": None if card.head is None else card.head.path.name,
         "data": {"dir": str(args.dir), "manifest_sha256": data_hash, "clips": len(run.scores)},
         "operating_point": args.operating_point,

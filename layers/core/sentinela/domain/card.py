@@ -69,10 +69,12 @@ class ModelCard:
 
     @property
     def model_id(self) -> str:
-        """What decided an alert: the base model (the card's id) and the exact head, by its bytes' hash.
-        Recorded on every clip, detection and alert, and a metric dimension: a retrained head is a new
-        model_id, so its alerts and figures never mix with the old head's."""
-        return f"{self.id}+head-{self.head_sha256[:12]}" if self.head_sha256 else self.id
+        """What decided an alert: the base model (the card's id, and the variant that ran it unless it is
+        the whole graph) and the exact head, by its bytes' hash. Recorded on every clip, detection and
+        alert, and a metric dimension: a retrained head or another model file is a new model_id, so its
+        alerts and figures never mix with the old one's."""
+        base = self.id if self.variant == "graph" else f"{self.id}/{self.variant}"
+        return f"{base}+head-{self.head_sha256[:12]}" if self.head_sha256 else base
 
     @property
     def window_samples(self) -> int:
