@@ -221,6 +221,18 @@ def build(cache_dir: Path, dist_dir: Path, card_path: Path) -> int:
     return 0
 
 
+def _say_check(what: str, result: dict[str, Any], last: str) -> None:
+    print(f"[model]   {what} vs graph: spectrogram max rel Δ {result['spectrogram_max_rel_delta']:.1e}, "
+          f"embedding min cosine {result['embedding_min_cosine']:.6f}, top-1 {result['top1_agree']}/"
+          f"{result['non_degenerate']} non-degenerate, {last}: {'PASS' if result['passed'] else 'FAIL'}")
+
+
+def _card_figures(result: dict[str, Any]) -> dict[str, Any]:
+    """A check's figures as the card records them: cosines to 7 significant digits, the rest to 3."""
+    return {k: (float(f"{v:.7g}" if "cosine" in k else f"{v:.3g}") if isinstance(v, float) else v)
+            for k, v in result.items()}
+
+
 def _build_fft_variant(model: Any, folds: list[surgery.Fold], full_onnx: Path, dist_dir: Path) -> dict[str, Any]:
     """Cut the graph after its spectrogram, take the FFT front end's parameters from it, check the two
     against the whole graph on the verification windows, and publish them."""
@@ -237,10 +249,7 @@ def _build_fft_variant(model: Any, folds: list[surgery.Fold], full_onnx: Path, d
     windows = verification_windows()
     result = check(full_onnx, staged_body, frontend, np.stack([w.samples for w in windows]),
                    [w.degenerate for w in windows])
-    print(f"[model]   FFT front end vs graph: spectrogram max rel Δ {result['spectrogram_max_rel_delta']:.1e}, "
-          f"embedding min cosine {result['embedding_min_cosine']:.6f}, top-1 {result['top1_agree']}/"
-          f"{result['non_degenerate']} non-degenerate, cut graph max|Δlogit| "
-          f"{result['cut_graph_max_abs_dlogit']:.1e}: {'PASS' if result['passed'] else 'FAIL'}")
+    _say_check("FFT front end", result, f"cut graph max|Δlogit| {result['cut_graph_max_abs_dlogit']:.1e}")
     if not result["passed"]:
         return {"check": result, "entry": {}, "frontend": frontend, "body": body}
     os.replace(staged_body, body_path)
@@ -252,8 +261,7 @@ def _build_fft_variant(model: Any, folds: list[surgery.Fold], full_onnx: Path, d
         "graph_edits": ["cut after the spectrogram (input 'spectrogram' [batch, 2, 96, 511], NCHW)",
                         "spectrogram: numpy rFFT real part, mel filterbank on the bins it reads "
                         "(sentinela.adapters.frontend)"],
-        "check": {k: (float(f"{v:.7g}" if "cosine" in k else f"{v:.3g}") if isinstance(v, float) else v)
-                  for k, v in result.items()},
+        "check": _card_figures(result),
     }
     return {"check": result, "entry": entry, "frontend": frontend, "body": body}
 
@@ -277,10 +285,7 @@ def _build_conv_variant(frontend: Any, body: Any, full_onnx: Path, dist_dir: Pat
     windows = verification_windows()
     result = check_in_graph(full_onnx, staged, np.stack([w.samples for w in windows]),
                             [w.degenerate for w in windows])
-    print(f"[model]   conv front end vs graph: spectrogram max rel Δ {result['spectrogram_max_rel_delta']:.1e}, "
-          f"embedding min cosine {result['embedding_min_cosine']:.6f}, top-1 {result['top1_agree']}/"
-          f"{result['non_degenerate']} non-degenerate, max|Δlogit| {result['max_abs_dlogit']:.1e}: "
-          f"{'PASS' if result['passed'] else 'FAIL'}")
+    _say_check("conv front end", result, f"max|Δlogit| {result['max_abs_dlogit']:.1e}")
     if not result["passed"]:
         return {"check": result, "entry": {}}
     os.replace(staged, path)
@@ -291,8 +296,7 @@ def _build_conv_variant(frontend: Any, body: Any, full_onnx: Path, dist_dir: Pat
                         "filterbank, float64 product rounded once; mel axis flipped in the kernel), "
                         "x**p as exp(p log x), instead of Gather frames + MatMul + Transpose/ReverseSequence",
                         f"{dropped} Squeeze/Reshape no-ops of the squeeze-excitation blocks dropped"],
-        "check": {k: (float(f"{v:.7g}" if "cosine" in k else f"{v:.3g}") if isinstance(v, float) else v)
-                  for k, v in result.items()},
+        "check": _card_figures(result),
     }
     return {"check": result, "entry": entry}
 
