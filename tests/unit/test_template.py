@@ -832,3 +832,9 @@ def test_classify_knows_its_last_attempt(tpl: dict[str, Any]) -> None:
     props = tpl["Resources"]["ClassifyFunction"]["Properties"]
     retries = props["EventInvokeConfig"]["MaximumRetryAttempts"]
     assert props["Environment"]["Variables"]["CLASSIFY_MAX_ATTEMPTS"] == str(retries + 1)
+
+
+def test_classify_runs_numpys_blas_on_one_thread(tpl: dict[str, Any]) -> None:
+    """An OpenBLAS worker spinning after a numpy call took the core the model's second thread needed."""
+    env = tpl["Resources"]["ClassifyFunction"]["Properties"]["Environment"]["Variables"]
+    assert env["OPENBLAS_NUM_THREADS"] == "1"
