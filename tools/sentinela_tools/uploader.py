@@ -326,22 +326,21 @@ class Uploader:
         self._done(path, entry)
         return FileResult(name, "sent", key=answer.get("key"), bytes_in=size_in, bytes_sent=size)
 
-    def _done(self, path: Path, entry: dict[str, Any]) -> None:
-        sent = self.folder / "sent"
-        sent.mkdir(exist_ok=True)
-        shutil.move(str(path), str(sent / path.name))
+    def _retire(self, path: Path, entry: dict[str, Any], to: str) -> None:
+        """Move a file that is finished with (``sent``/ or ``failed``/), drop its FLAC copy and its state."""
+        folder = self.folder / to
+        folder.mkdir(exist_ok=True)
+        shutil.move(str(path), str(folder / path.name))
         if entry.get("flac"):
             Path(entry["flac"]).unlink(missing_ok=True)
         self.state["files"].pop(path.name, None)
+
+    def _done(self, path: Path, entry: dict[str, Any]) -> None:
+        self._retire(path, entry, "sent")
         self.state["sent"] = int(self.state.get("sent", 0)) + 1
 
     def _fail(self, path: Path, entry: dict[str, Any], why: str) -> FileResult:
-        failed = self.folder / "failed"
-        failed.mkdir(exist_ok=True)
-        shutil.move(str(path), str(failed / path.name))
-        if entry.get("flac"):
-            Path(entry["flac"]).unlink(missing_ok=True)
-        self.state["files"].pop(path.name, None)
+        self._retire(path, entry, "failed")
         self.state["failed"][path.name] = why
         return FileResult(path.name, "failed", why + " (moved to failed/)")
 

@@ -44,6 +44,16 @@ def _run_all(interp: Any, windows: np.ndarray, batch: int) -> tuple[float, np.nd
     return time.perf_counter() - t0, np.concatenate(outs)
 
 
+def _repeat(interp: Any, windows: np.ndarray, batch: int, repeats: int) -> tuple[list[float], np.ndarray]:
+    """``repeats`` timed passes over all windows: their times, and the last pass's logits."""
+    times: list[float] = []
+    logits = np.zeros(0)
+    for _ in range(repeats):
+        dt, logits = _run_all(interp, windows, batch)
+        times.append(dt)
+    return times, logits
+
+
 def bench(model: str, windows: np.ndarray, threads: int, repeats: int) -> dict[str, Any]:
     cls, runtime = _interpreter_class()
     res: dict[str, Any] = {"runtime": runtime, "threads": threads, "windows": len(windows),
@@ -54,11 +64,7 @@ def bench(model: str, windows: np.ndarray, threads: int, repeats: int) -> dict[s
     res["load_s"] = time.perf_counter() - t0
     res["input_shape"] = [int(d) for d in interp.get_input_details()[0]["shape"]]
     _run_all(interp, windows[:2], 1)  # warm-up
-    times = []
-    logits = np.zeros(0)
-    for _ in range(repeats):
-        dt, logits = _run_all(interp, windows, 1)
-        times.append(dt)
+    times, logits = _repeat(interp, windows, 1, repeats)
     res["batch1_s"] = sorted(times)[len(times) // 2]
     res["batch1_all_s"] = times
     res["ms_per_window_b1"] = 1000 * res["batch1_s"] / len(windows)
@@ -71,11 +77,7 @@ def bench(model: str, windows: np.ndarray, threads: int, repeats: int) -> dict[s
         big.resize_tensor_input(idx, [8, windows.shape[1]], strict=False)
         big.allocate_tensors()
         _run_all(big, windows[:8], 8)
-        t8 = []
-        l8 = np.zeros(0)
-        for _ in range(repeats):
-            dt, l8 = _run_all(big, windows, 8)
-            t8.append(dt)
+        t8, l8 = _repeat(big, windows, 8, repeats)
         res["batch8_s"] = sorted(t8)[len(t8) // 2]
         res["ms_per_window_b8"] = 1000 * res["batch8_s"] / len(windows)
         res["batch8_max_abs_diff_vs_b1"] = float(np.max(np.abs(l8 - logits))) if logits.size else None
